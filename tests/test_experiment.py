@@ -1,0 +1,209 @@
+"""End-to-end runs on a tiny offline model: output contract, determinism, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import ChannelNet, make_folder_dataset
+
+from transferlab import cli
+from transferlab.attacks.base import Attack
+from transferlab.config import load_config
+from transferlab.data import DataError
+from transferlab.errors import ConfigError
+from transferlab.experiment import Experiment, RunError
+from transferlab.io import read_png
+
+MODELS = {"tiny_a": 0, "tiny_b": 1, "tiny_c": 2}
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    cache = {}
+
+    def model(self, name):
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}")
+        return cache.setdefault(name, ChannelNet(seed=MODELS[name]))
+
+    monkeypatch.setattr(Experiment, "model", model)
+    return cache
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    data_root = make_folder_dataset(tmp_path / "images")
+    cfg = {
+        "name": "tiny",
+        "seed": 3,
+        "device": "cpu",
+        "data": {"kind": "folder", "root": str(data_root), "resolution": 16, "crop_pct": 1.0},
+        "models": {"sources": ["tiny_a"], "targets": ["tiny_a", "tiny_b", "tiny_c"]},
+        "attack_defaults": {"eps": 8, "alpha": 2, "steps": 5, "batch_size": 4},
+        "attacks": {
+            "pgd": {"method": "pgd", "random_start": True},
+            "pgd_l2": {"method": "pgd", "norm": "l2", "eps": 2, "alpha": 1, "random_start": True},
+        },
+    }
+    for key, value in changes.items():
+        node = cfg
+        *head, last = key.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(config: Path, out: Path, *overrides: str) -> dict:
+    cfg = load_config(config, list(overrides))
+    return Experiment(cfg, out, progress=False, config_path=str(config)).run()
+
+
+def test_output_contract(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    report = run(write_config(tmp_path), out)
+    for name in ("results.csv", "records.csv", "table.md", "transfer.png", "manifest.json", "clean.csv"):
+        assert (out / name).is_file(), name
+    results = pd.read_csv(out / "results.csv")
+    need = {"attack", "source", "target", "norm", "eps", "steps", "metric", "n", "successes",
+            "success_rate", "ci_low", "ci_high"}
+    assert need <= set(results.columns)
+    assert set(results.metric) == {"transfer_success", "error_rate"}
+    assert len(results) == 2 * 3 * 2  # attacks x targets x metrics
+    assert ((results.ci_low <= results.success_rate) & (results.success_rate <= results.ci_high)).all()
+    records = pd.read_csv(out / "records.csv", dtype={"image_id": str})
+    assert {"image_id", "attack", "source", "target", "clean_pred", "adv_pred", "fooled"} <= set(records.columns)
+    # every attacked image has its clean and adversarial PNG, and the files alone verify the ε-ball
+    for row in records[records.target == "tiny_a"].itertuples():
+        clean = read_png(out / "clean" / f"{row.image_id}.png").astype(int)
+        adv = read_png(out / "adv" / row.attack / row.source / f"{row.image_id}.png").astype(int)
+        if row.attack == "pgd":
+            assert np.abs(adv - clean).max() <= 8
+        else:
+            assert np.sqrt(((adv - clean) ** 2).sum()) <= 2 * np.sqrt(3 * 16 * 16) + 1e-6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["versions"]["torch"]
+    assert "git" in manifest and "timings" in manifest
+    white = report["results"].query("white_box and metric == 'transfer_success' and attack == 'pgd'")
+    assert white.success_rate.iloc[0] > 0.5  # the attack works on its source
+
+
+def test_same_seed_same_bytes_and_batch_independence(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    run(config, tmp_path / "a")
+    run(config, tmp_path / "b", "attack_defaults.batch_size=1")
+    for name in ("results.csv", "records.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    for png in (tmp_path / "a" / "adv").rglob("*.png"):
+        twin = tmp_path / "b" / png.relative_to(tmp_path / "a")
+        assert png.read_bytes() == twin.read_bytes()
+
+
+def test_other_seed_other_bytes(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    run(config, tmp_path / "a")
+    run(config, tmp_path / "b", "seed=4")
+    pngs = sorted((tmp_path / "a" / "adv" / "pgd").rglob("*.png"))
+    assert any(p.read_bytes() != (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in pngs)
+
+
+def test_killed_run_resumes_identically(tmp_path, tiny_models, monkeypatch):
+    config = write_config(tmp_path)
+    run(config, tmp_path / "full")
+
+    calls = {"n": 0}
+    original = Experiment.attack_job
+
+    def dying(self, job, items):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, job, items)
+
+    monkeypatch.setattr(Experiment, "attack_job", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "resumed")
+    monkeypatch.setattr(Experiment, "attack_job", original)
+    attacked = []
+    original_run = Attack.run
+
+    def counting(self, *args, **kwargs):
+        attacked.append(self.name)
+        return original_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Attack, "run", counting)
+    run(config, tmp_path / "resumed")
+    assert "pgd" not in attacked and "pgd_l2" in attacked  # the finished job was not redone
+    for name in ("results.csv", "records.csv"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+
+
+def test_changed_settings_in_same_dir_are_refused(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    run(config, tmp_path / "run")
+    with pytest.raises(RunError, match="other settings"):
+        run(config, tmp_path / "run", "attack_defaults.steps=4")
+
+
+def test_limit_runs_on_first_eligible_images(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    run(write_config(tmp_path), out, "data.limit=4")
+    records = pd.read_csv(out / "records.csv")
+    assert records[records.attack == "pgd"].image_id.nunique() == 4
+    # round-robin across classes: the first images come from different classes
+    assert records.label.nunique() == 3
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    config = write_config(tmp_path, **{"data.limt": 3})
+    with pytest.raises(ConfigError, match=r"tiny\.yaml.*data\.limt.*did you mean 'data\.limit'"):
+        load_config(config)
+
+
+def test_unknown_attack_parameter_and_component(tmp_path):
+    config = write_config(tmp_path, **{"attacks.pgd": {"method": "pgd", "stepz": 3}})
+    with pytest.raises(ConfigError, match=r"tiny\.yaml.*attacks\.pgd\.stepz"):
+        load_config(config)
+    config = write_config(tmp_path, **{"attacks.pgd": {"method": "pgd+nosuch"}})
+    with pytest.raises(ConfigError, match="unknown attack component 'nosuch'"):
+        load_config(config)
+
+
+def test_bad_values_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="data.kind"):
+        load_config(write_config(tmp_path, **{"data.kind": "imagenet"}))
+    with pytest.raises(ConfigError, match="data.limit"):
+        load_config(write_config(tmp_path), ["data.limit=0"])
+    with pytest.raises(ConfigError, match="steps"):
+        load_config(write_config(tmp_path, **{"attack_defaults.steps": "ten"}))
+
+
+def test_corrupt_image_fails_naming_file_or_is_skipped(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    bad = tmp_path / "images" / "class1" / "0000.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="0000.png"):
+        run(config, tmp_path / "a")
+    run(config, tmp_path / "b", "data.on_error=skip")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert len(manifest["skipped_files"]) == 1 and "0000.png" in manifest["skipped_files"][0][0]
+
+
+def test_label_out_of_range(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    (tmp_path / "images" / "class3").mkdir()
+    (tmp_path / "images" / "class1" / "0000.png").rename(tmp_path / "images" / "class3" / "0000.png")
+    with pytest.raises(RunError, match="out of range"):
+        run(config, tmp_path / "a")
+
+
+def test_cli_reports_errors_cleanly(tmp_path, capsys):
+    config = write_config(tmp_path, **{"data.limt": 3})
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert "data.limt" in capsys.readouterr().err

@@ -1,0 +1,13 @@
+"""Imports every built-in component module so that each registers itself."""
+
+import importlib
+
+BUILTIN_MODULES = ("momentum", "variance_tuning", "variance_reduction", "input_diversity",
+                   "translation_invariance", "skip_gradient", "interaction_reduction")
+
+for _module in BUILTIN_MODULES:
+    try:
+        importlib.import_module(f"transferlab.attacks.{_module}")
+    except ModuleNotFoundError as exc:  # a module not written yet must not break the others
+        if exc.name != f"transferlab.attacks.{_module}":
+            raise

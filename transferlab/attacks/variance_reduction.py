@@ -1,0 +1,53 @@
+"""Variance-reduced attack (VR; Wu et al. 2018, as used in the IR paper): the gradient of the mean loss over
+m Gaussian copies x' + σ·n, n ~ N(0, I), all copies differentiated in one batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from transferlab.attacks.base import AttackContext, Component
+from transferlab.attacks.registry import register
+from transferlab.errors import ConfigError
+
+
+def rows_per_image(rows: int, ctx: AttackContext) -> int:
+    """k for a copy-major batch of k·B rows (row c·B + b belongs to image b)."""
+    if rows % ctx.batch:
+        raise ValueError(f"{rows} rows is not a multiple of the batch of {ctx.batch} images")
+    return rows // ctx.batch
+
+
+def draw_rows(kind: str, rows: int, shape: tuple[int, ...], ctx: AttackContext, dtype=torch.float32) -> torch.Tensor:
+    """Per-image draws for a copy-major batch of `rows` = k·B rows: (rows, *shape); row c·B + b comes
+    from image b's stream, so no row depends on another image."""
+    k = rows_per_image(rows, ctx)
+    draw = ctx.streams.randn if kind == "randn" else ctx.streams.rand
+    out = draw(k, *shape, dtype=dtype)  # (B, k, *shape)
+    return out.transpose(0, 1).reshape(rows, *shape)
+
+
+@register("vr")
+@dataclass
+class VarianceReduction(Component):
+    """VR: mean loss over m Gaussian copies. copies: m (20); sigma: noise std in 1/255 units (15)."""
+
+    copies: int = 20
+    sigma: float = 15.0
+
+    order = 50
+
+    def __post_init__(self) -> None:
+        if self.copies < 1:
+            raise ConfigError(f"{self.name}: copies must be >= 1, got {self.copies}")
+        if self.sigma < 0:
+            raise ConfigError(f"{self.name}: sigma must be >= 0 (in 1/255 units), got {self.sigma}")
+
+    def batch_multiplier(self) -> int:
+        return self.copies
+
+    def expand(self, points: torch.Tensor, ctx: AttackContext) -> tuple[torch.Tensor, int]:
+        m, rows = self.copies, points.shape[0]
+        noise = draw_rows("randn", m * rows, tuple(points.shape[1:]), ctx, dtype=points.dtype)
+        return points.repeat(m, 1, 1, 1) + (self.sigma / 255.0) * noise, m

@@ -1,0 +1,104 @@
+"""The `transferlab` command: run experiments, list models and attack components, measure interactions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from transferlab.errors import TransferlabError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from transferlab.config import load_config
+    from transferlab.experiment import Experiment
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or Path("runs") / cfg["name"])
+    if args.dry_run:
+        from transferlab.plan import print_plan
+
+        return print_plan(cfg, out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    t0 = time.time()
+    exp = Experiment(cfg, out, progress=not args.quiet, config_path=str(args.config))
+    report = exp.run()
+    results = report["results"]
+    print(f"\n{cfg['name']}: {len(exp.jobs())} attack jobs, outputs in {out}/ ({time.time() - t0:.1f} s)")
+    print((out / "table.md").read_text().split("## Error rate")[0])
+    del results
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from transferlab.models import format_models_table, list_models
+
+    print(format_models_table(list_models(weights_dir=args.weights_dir)))
+    return 0
+
+
+def cmd_attacks(args: argparse.Namespace) -> int:
+    from transferlab.attacks.registry import BASE_NAMES, PRESETS, describe_components
+
+    print("Base loop: pgd (I-FGSM; loop parameters norm, eps, alpha, steps, random_start in 1/255 steps)")
+    print(f"  also spelled: {', '.join(BASE_NAMES[1:])}\n")
+    print("Components (compose with '+', e.g. mi+sgm+ir):")
+    for row in describe_components():
+        params = ", ".join(f"{k}={v!r}" for k, v in row["params"].items()) or "-"
+        print(f"  {row['name']:<6} {row['doc']}")
+        print(f"         params: {params}")
+    print("\nPresets:")
+    for name, parts in PRESETS.items():
+        print(f"  {name:<10} = {'+'.join(parts)}")
+    print("\nPlug-ins: name a component by import path, e.g. method: mi+my_pkg.my_attack:MyComponent")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment config (resumes where a killed run stopped)")
+    run.add_argument("config", help="YAML experiment config, e.g. configs/demo.yaml")
+    run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. data.limit=20")
+    run.add_argument("--out", help="output directory (default: runs/<config name>)")
+    run.add_argument("--dry-run", action="store_true", help="resolve models, weights and attacks; print the plan")
+    run.add_argument("--fresh", action="store_true", help="delete the output directory first")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="list model names, their weight sources and availability")
+    models.add_argument("--weights-dir", help="folder holding the CIFAR checkpoints")
+    models.set_defaults(func=cmd_models)
+
+    attacks = sub.add_parser("attacks", help="list attack components, their parameters and defaults")
+    attacks.set_defaults(func=cmd_attacks)
+
+    try:
+        commands = importlib.import_module("transferlab.interaction.commands")
+    except ModuleNotFoundError:
+        commands = None
+    if commands is not None:
+        commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (TransferlabError, FileNotFoundError) as exc:
+        print(f"transferlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntransferlab: interrupted; finished work is saved, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Experiment configs: YAML -> validated, defaults filled, overrides applied.
+
+Configs are data. Every key is checked against the schema below; an unknown key is rejected with
+its dotted path and the file it came from. ε and α are given in 1/255 steps (for L2: the
+root-mean-square per pixel, i.e. ‖δ‖₂ ≤ ε/255·√d).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferlab.errors import ConfigError
+
+ANY = object()  # a free-form value (e.g. reference numbers)
+
+LOOP_KEYS: dict[str, Any] = {
+    "norm": "linf",
+    "eps": 16.0,
+    "alpha": 2.0,
+    "steps": 10,
+    "random_start": None,  # None: the components' convention (off for IR), else off
+    "batch_size": 16,
+    "max_forward": None,  # None: chosen from the resolution
+}
+
+SCHEMA: dict[str, Any] = {
+    "name": "experiment",
+    "description": "",
+    "seed": 0,
+    "device": "auto",
+    "data": {
+        "kind": "samples",  # samples | nips17 | folder
+        "root": None,
+        "resolution": 224,
+        "crop_pct": 0.875,
+        "limit": None,
+        "eligibility": "source",  # source | all
+        "on_error": "raise",  # raise | skip
+    },
+    "models": {
+        "sources": ["tf_efficientnet_lite0"],
+        "targets": ["tf_efficientnet_lite0"],
+        "weights_dir": None,
+        "weights": ANY,  # {model name: local checkpoint path}
+    },
+    "attack_defaults": dict(LOOP_KEYS),
+    "attacks": ANY,  # {name: {method: ..., <loop keys>, <component>: {params}}}
+    "eval": {
+        "record_every": 0,  # >0: record target predictions every k steps (best-step metric)
+    },
+    "reference": ANY,  # the paper's numbers, printed beside ours
+}
+
+CHOICES = {
+    "data.kind": ("samples", "nips17", "folder"),
+    "data.eligibility": ("source", "all"),
+    "data.on_error": ("raise", "skip"),
+    "attack_defaults.norm": ("linf", "l2"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+def _fail(where: str, msg: str) -> None:
+    raise ConfigError(f"{where}: {msg}")
+
+
+def _check(user: Any, schema: Any, path: str, where: str) -> Any:
+    """Merge `user` into the defaults of `schema`, rejecting unknown keys."""
+    if schema is ANY:
+        return copy.deepcopy(user)
+    if isinstance(schema, dict):
+        if user is None:
+            user = {}
+        if not isinstance(user, dict):
+            _fail(where, f"'{path}' must be a mapping, got {type(user).__name__}")
+        out = {}
+        for key in user:
+            if key not in schema:
+                close = difflib.get_close_matches(str(key), list(schema), n=1)
+                hint = f" (did you mean '{_join(path, close[0])}'?)" if close else ""
+                _fail(where, f"unknown key '{_join(path, key)}'{hint}; allowed: {sorted(schema)}")
+        for key, sub in schema.items():
+            out[key] = _check(user.get(key, _default(sub)), sub, _join(path, key), where)
+        return out
+    value = user
+    if path in CHOICES and value not in CHOICES[path]:
+        _fail(where, f"'{path}' must be one of {CHOICES[path]}, got {value!r}")
+    if schema is not None and value is not None and not _same_kind(value, schema):
+        _fail(where, f"'{path}' must be {type(schema).__name__}, got {value!r}")
+    return copy.deepcopy(value)
+
+
+def _default(sub: Any) -> Any:
+    if sub is ANY:
+        return None
+    return {} if isinstance(sub, dict) else sub
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_attacks(cfg: dict, where: str) -> None:
+    from transferlab.attacks.registry import make_component, parse_method, resolve_component
+
+    attacks = cfg["attacks"]
+    if not isinstance(attacks, dict) or not attacks:
+        _fail(where, "'attacks' must be a non-empty mapping of attack name -> {method: ..., ...}")
+    defaults = cfg["attack_defaults"]
+    for name, spec in list(attacks.items()):
+        path = f"attacks.{name}"
+        if spec is None or isinstance(spec, str):
+            spec = {"method": spec or name}
+        if not isinstance(spec, dict):
+            _fail(where, f"'{path}' must be a mapping or a method string")
+        spec = dict(spec)
+        method = spec.pop("method", name)
+        try:
+            components = parse_method(method)
+            for component in components:
+                resolve_component(component)
+        except ConfigError as exc:
+            _fail(where, f"'{path}.method': {exc}")
+        resolved = {"method": method}
+        for key, default in defaults.items():
+            value = spec.pop(key, default)
+            if key == "norm" and value not in ("linf", "l2"):
+                _fail(where, f"'{path}.norm' must be 'linf' or 'l2', got {value!r}")
+            resolved[key] = value
+        params = {}
+        for key, value in spec.items():
+            if key not in components:
+                allowed = ["method", *LOOP_KEYS, *components]
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean '{path}.{close[0]}'?)" if close else ""
+                _fail(where, f"unknown key '{path}.{key}'{hint}; allowed: {allowed}")
+            if not isinstance(value, dict):
+                _fail(where, f"'{path}.{key}' must be a mapping of parameters")
+            make_component(key, value, where=f"{where}: '{path}.{key}': ")
+            params[key] = value
+        resolved["params"] = params
+        attacks[name] = resolved
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'data.limit=20' -> (['data', 'limit'], 20); values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, _, raw = text.partition("=")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: '{k}' is not a mapping")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Read, override, validate and complete a YAML config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    where = str(path) + (f" (with overrides {list(overrides)})" if overrides else "")
+    return validate(raw, where)
+
+
+def validate(raw: dict, where: str = "<config>") -> dict:
+    cfg = _check(raw, SCHEMA, "", where)
+    if cfg["attacks"] is None:
+        _fail(where, "missing 'attacks'")
+    _check_attacks(cfg, where)
+    for key in ("sources", "targets"):
+        if not isinstance(cfg["models"][key], list) or not cfg["models"][key]:
+            _fail(where, f"'models.{key}' must be a non-empty list of model names")
+    limit = cfg["data"]["limit"]
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        _fail(where, f"'data.limit' must be a positive integer or null, got {limit!r}")
+    return cfg
+
+
+def config_hash(cfg: dict, ignore: tuple[str, ...] = ("description",)) -> str:
+    """Digest of everything that changes results (not free text)."""
+    slim = {k: v for k, v in cfg.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(slim, sort_keys=True, default=str).encode()).hexdigest()[:16]

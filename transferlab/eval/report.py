@@ -1,0 +1,159 @@
+"""Tables, plots and the manifest written next to every run's results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from transferlab.eval.transfer import summarise  # noqa: E402
+from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
+from transferlab.provenance import provenance  # noqa: E402
+
+
+def rate_cell(row: pd.Series) -> str:
+    if row.n == 0:
+        return "n/a"
+    return f"{row.success_rate:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
+
+
+def markdown_table(results: pd.DataFrame, metric: str, reference: dict | None = None) -> str:
+    """Attack rows x target columns of 'rate [95% CI]'; n per column in the header."""
+    sub = results[results.metric == metric]
+    lines = []
+    for source, group in sub.groupby("source", sort=False):
+        targets = list(dict.fromkeys(group.target))
+        heads = []
+        for t in targets:
+            ns = sorted(set(group[group.target == t].n))
+            n_text = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+            heads.append(f"{t}{' (white-box)' if t == source else ''} {n_text}")
+        lines.append(f"**source: {source}**\n")
+        lines.append("| attack | " + " | ".join(heads) + " |")
+        lines.append("|---|" + "---|" * len(targets))
+        for attack, rows in group.groupby("attack", sort=False):
+            cells = {r.target: rate_cell(r) for r in rows.itertuples()}
+            lines.append(f"| {attack} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
+            ref = (reference or {}).get(attack)
+            if isinstance(ref, dict):
+                lines.append(f"| ↳ paper | " + " | ".join(str(ref.get(t, "")) for t in targets) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame) -> str:
+    parts = [
+        f"# {cfg['name']}\n",
+        cfg.get("description", "").strip() + "\n" if cfg.get("description") else "",
+        "Transfer success: fraction of attacked images the target misclassifies after the attack, over the "
+        "images it classifies correctly when clean (white-box column: the source itself). Fixed budget "
+        "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
+        "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n",
+        markdown_table(results, "transfer_success", cfg.get("reference")),
+        "\n## Error rate over all attacked images\n",
+        markdown_table(results, "error_rate"),
+        "\n## Cost\n",
+        "Seconds of attack time per image per step, model forwards per image per step, and the ratio "
+        "to PGD's time in the same run.\n",
+        frame_markdown(costs),
+        "",
+    ]
+    return "\n".join(p for p in parts if p is not None)
+
+
+def frame_markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a markdown table (floats to 4 significant digits)."""
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
+    """Grouped bars: one group per target, one bar per attack, 95% intervals as error bars."""
+    sub = results[results.metric == "transfer_success"]
+    sources = list(dict.fromkeys(sub.source))
+    fig, axes = plt.subplots(1, len(sources), figsize=(max(6, 1.6 * sub.target.nunique() * len(sources) + 3), 4),
+                             squeeze=False)
+    for ax, source in zip(axes[0], sources):
+        group = sub[sub.source == source]
+        targets = list(dict.fromkeys(group.target))
+        attacks = list(dict.fromkeys(group.attack))
+        width = 0.8 / len(attacks)
+        for k, attack in enumerate(attacks):
+            rows = group[group.attack == attack].set_index("target").reindex(targets)
+            xs = np.arange(len(targets)) + (k - (len(attacks) - 1) / 2) * width
+            err = np.clip(np.vstack([rows.success_rate - rows.ci_low, rows.ci_high - rows.success_rate]), 0, None)
+            ax.bar(xs, rows.success_rate, width, yerr=err, capsize=2, label=attack)
+        ax.set_xticks(range(len(targets)))
+        ax.set_xticklabels([f"{t}\n(white-box)" if t == source else t for t in targets], fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("transfer success (95% CI)")
+        ax.set_title(f"source: {source}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cost_table(exp) -> pd.DataFrame:
+    import json
+
+    rows = []
+    for job in exp.jobs():
+        meta = json.loads((exp.adv_dir(job) / "job.json").read_text())
+        rows.append({
+            "attack": job.attack, "source": job.source, "images": meta["images"], "steps": meta["steps"],
+            "seconds": meta["seconds"], "s_per_image_step": meta["seconds_per_image_step"],
+            "forwards_per_image_step": meta["forwards_per_image_step"],
+        })
+    frame = pd.DataFrame(rows)
+    for source, group in frame.groupby("source"):
+        base = group[group.attack == "pgd"]
+        if len(base):
+            frame.loc[group.index, "cost_vs_pgd"] = group.s_per_image_step / base.s_per_image_step.iloc[0]
+    return frame
+
+
+def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
+    """records.csv, results.csv, table.md, transfer.png and manifest.json in the run directory."""
+    out: Path = exp.out
+    cfg = exp.cfg
+    results = summarise(records, cfg["attacks"])
+    atomic_write_csv(out / "records.csv", records)
+    atomic_write_csv(out / "results.csv", results)
+    costs = cost_table(exp)
+    atomic_write_csv(out / "costs.csv", costs)
+    atomic_write_text(out / "table.md", table_markdown(results, cfg, costs))
+    transfer_plot(results, out / "transfer.png", cfg["name"])
+    manifest = {
+        "config": cfg,
+        "config_path": exp.config_path,
+        "seed": cfg["seed"],
+        "device": str(exp.device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "images_scanned": exp.scanned,
+        "images_attacked": {s: int(records[records.source == s].image_id.nunique()) for s in records.source.unique()},
+        "skipped_files": [list(s) for s in exp.dataset.skipped],
+        "timings": exp.timings,
+        "jobs": costs.to_dict(orient="records"),
+        **provenance(),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return {"results": results, "records": records, "costs": costs, "manifest": manifest}

@@ -1,0 +1,367 @@
+"""A config becomes jobs; each job's output is cached on disk so a killed run resumes.
+
+Layout of a run directory (the output contract):
+
+    clean/<image_id>.png                 clean image at attack resolution, 8-bit
+    clean.csv                            clean prediction of every model on every scanned image
+    adv/<attack>/<source>/<image_id>.png quantised adversarial image
+    adv/<attack>/<source>/job.json       the job's settings key, timings, cost per step
+    evals/<attack>__<source>__<target>.csv  target predictions on the adversarial images
+    records.csv                          one row per image x attack x source x target
+    results.csv                          one row per attack x source x target x metric
+    table.md, transfer.png, manifest.json
+
+Every file is written atomically; a finished image or job is never recomputed, and because each
+image's result depends only on itself, a resumed run ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from transferlab.attacks.registry import build_attack
+from transferlab.data import Dataset, Item, open_dataset, to_float
+from transferlab.errors import TransferlabError
+from transferlab.eval.quantize import perturbation_norms, quantize
+from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_png, read_png
+from transferlab.interaction.scores import margin
+
+CLEAN_COLUMNS = ["image_id", "label", "model", "pred", "loss", "margin"]
+
+
+class RunError(TransferlabError):
+    """The run directory conflicts with the config, or a job cannot run."""
+
+
+@dataclass
+class Job:
+    attack: str
+    source: str
+    spec: dict
+
+    @property
+    def dir_parts(self) -> tuple[str, str]:
+        return self.attack, self.source
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def loop_units(spec: dict, resolution: int) -> tuple[float, float]:
+    """(eps, alpha) in [0,1] pixel units from config values in 1/255 steps (L2: RMS per pixel)."""
+    scale = 1 / 255
+    if spec["norm"] == "l2":
+        scale *= math.sqrt(3 * resolution * resolution)
+    return float(spec["eps"]) * scale, float(spec["alpha"]) * scale
+
+
+def auto_max_forward(resolution: int) -> int:
+    """Largest model batch: about 4M input pixels per forward (83 images at 224 px, 4096 at 32 px)."""
+    return int(max(8, min(8192, 2**22 // (resolution * resolution))))
+
+
+class Experiment:
+    """Runs a validated config into `out_dir`."""
+
+    def __init__(self, cfg: dict, out_dir: str | Path, progress: bool = True, config_path: str | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.config_path = config_path
+        self.device = resolve_device(cfg["device"])
+        self.dataset: Dataset = open_dataset(cfg["data"])
+        self.resolution = self.dataset.resolution
+        self._models: dict[str, torch.nn.Module] = {}
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ models
+    @property
+    def model_names(self) -> list[str]:
+        names = [*self.cfg["models"]["sources"], *self.cfg["models"]["targets"]]
+        return list(dict.fromkeys(names))
+
+    def model(self, name: str) -> torch.nn.Module:
+        if name not in self._models:
+            from transferlab.models import load_model
+
+            weights = (self.cfg["models"].get("weights") or {}).get(name)
+            self._models[name] = load_model(
+                name, weights=weights, weights_dir=self.cfg["models"]["weights_dir"], device=self.device
+            )
+        return self._models[name]
+
+    # ------------------------------------------------------------------ jobs
+    def jobs(self) -> list[Job]:
+        return [
+            Job(attack, source, spec)
+            for attack, spec in self.cfg["attacks"].items()
+            for source in self.cfg["models"]["sources"]
+        ]
+
+    def job_key(self, job: Job) -> str:
+        """Everything that determines a job's images; `data.limit` is not part of it (more images extend)."""
+        data = {k: v for k, v in self.cfg["data"].items() if k not in ("limit", "on_error")}
+        payload = {
+            "attack": job.spec,
+            "source": job.source,
+            "seed": self.cfg["seed"],
+            "data": data,
+            "weights": (self.cfg["models"].get("weights") or {}).get(job.source),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def build(self, job: Job):
+        spec = job.spec
+        eps, alpha = loop_units(spec, self.resolution)
+        return build_attack(
+            spec["method"],
+            spec["params"],
+            eps=eps,
+            alpha=alpha,
+            steps=spec["steps"],
+            norm=spec["norm"],
+            random_start=spec["random_start"],
+            seed=self.cfg["seed"],
+            max_forward=spec["max_forward"] or auto_max_forward(self.resolution),
+            name=job.attack,
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        eligible = self.select_images()
+        for job in self.jobs():
+            self.attack_job(job, eligible[job.source])
+        for job in self.jobs():
+            for target in self.cfg["models"]["targets"]:
+                self.evaluate(job, target, eligible[job.source])
+        from transferlab.eval.report import write_reports
+
+        records = self.records(eligible)
+        self.timings["total_s"] = time.time() - started
+        return write_reports(self, records)
+
+    # ------------------------------------------------------------------ clean predictions
+    def select_images(self) -> dict[str, list[Item]]:
+        """Scan the dataset in order, predicting with every model, until each source has `limit` images
+        it classifies correctly (with eligibility 'all': every model in the run does)."""
+        t0 = time.time()
+        limit = self.cfg["data"]["limit"]
+        rule = self.cfg["data"]["eligibility"]
+        sources = self.cfg["models"]["sources"]
+        clean_path = self.out / "clean.csv"
+        known = pd.read_csv(clean_path, dtype={"image_id": str}) if clean_path.exists() else None
+        rows: list[pd.DataFrame] = [] if known is None else [known]
+        done = set() if known is None else set(zip(known.image_id, known.model))
+        eligible: dict[str, list[Item]] = {s: [] for s in sources}
+        batch = max(1, min(64, auto_max_forward(self.resolution)))
+        bar = tqdm(total=limit or len(self.dataset), desc="clean predictions", disable=not self.progress,
+                   unit="img", leave=False)
+        for start in range(0, len(self.dataset), batch):
+            if limit and all(len(v) >= limit for v in eligible.values()):
+                break
+            items, images = self.dataset.load(self.dataset.items[start:start + batch])
+            if not items:
+                continue
+            new = self._clean_predictions(items, images, done)
+            if new is not None:
+                rows.append(new)
+                done.update(zip(new.image_id, new.model))
+            table = pd.concat(rows, ignore_index=True)
+            ok = self._correct(table, [i.image_id for i in items])
+            for item in items:
+                self._save_clean(item, images[items.index(item)])
+            for s in sources:
+                need = self.model_names if rule == "all" else [s]
+                for item in items:
+                    if (not limit or len(eligible[s]) < limit) and all(ok.get((item.image_id, m), False) for m in need):
+                        eligible[s].append(item)
+            bar.update(len(items) if not limit else min(limit, min(len(v) for v in eligible.values())) - bar.n)
+        bar.close()
+        table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CLEAN_COLUMNS)
+        table = table.drop_duplicates(["image_id", "model"]).reset_index(drop=True)
+        atomic_write_csv(clean_path, table[CLEAN_COLUMNS])
+        # read back: a resumed run sees exactly the bytes a fresh one computes from
+        self.clean = pd.read_csv(clean_path, dtype={"image_id": str})
+        self.timings["clean_predictions_s"] = time.time() - t0
+        self.scanned = int(table.image_id.nunique())
+        if self.dataset.skipped:
+            self.timings["skipped_files"] = len(self.dataset.skipped)
+        for s, items in eligible.items():
+            if not items:
+                raise RunError(f"no image is eligible for source {s} (rule '{rule}'); check labels and weights")
+        return eligible
+
+    def _clean_predictions(self, items, images, done) -> pd.DataFrame | None:
+        frames = []
+        labels = torch.tensor([i.label for i in items])
+        self._check_labels(items)
+        x = to_float(images).to(self.device)
+        for name in self.model_names:
+            todo = [k for k, i in enumerate(items) if (i.image_id, name) not in done]
+            if not todo:
+                continue
+            with torch.no_grad():
+                logits = self.model(name)(x[todo]).float().cpu()
+            y = labels[todo]
+            frames.append(pd.DataFrame({
+                "image_id": [items[k].image_id for k in todo],
+                "label": y.numpy(),
+                "model": name,
+                "pred": logits.argmax(1).numpy(),
+                "loss": F.cross_entropy(logits, y, reduction="none").numpy(),
+                "margin": margin(logits, y).numpy(),
+            }))
+        return pd.concat(frames, ignore_index=True) if frames else None
+
+    def _check_labels(self, items: list[Item]) -> None:
+        for name in self.model_names:
+            classes = getattr(self.model(name), "num_classes", None)
+            for item in items:
+                if classes is not None and not 0 <= item.label < classes:
+                    raise RunError(
+                        f"label {item.label} of {item.path} is out of range for {name} ({classes} classes)"
+                    )
+
+    @staticmethod
+    def _correct(table: pd.DataFrame, ids: list[str]) -> dict[tuple[str, str], bool]:
+        sub = table[table.image_id.isin(ids)]
+        return {(i, m): bool(p == y) for i, m, p, y in zip(sub.image_id, sub.model, sub.pred, sub.label)}
+
+    def _save_clean(self, item: Item, image: torch.Tensor) -> None:
+        path = self.out / "clean" / f"{item.image_id}.png"
+        if not path.exists():
+            atomic_write_png(path, image.permute(1, 2, 0).numpy())
+
+    # ------------------------------------------------------------------ attacks
+    def adv_dir(self, job: Job) -> Path:
+        return self.out / "adv" / job.attack / job.source
+
+    def attack_job(self, job: Job, items: list[Item]) -> None:
+        """Attack every eligible image without a saved adversarial PNG; record time and cost."""
+        folder = self.adv_dir(job)
+        meta_path = folder / "job.json"
+        key = self.job_key(job)
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if meta is not None and meta["key"] != key:
+            raise RunError(
+                f"{folder} holds attack '{job.attack}' on {job.source} with other settings (key {meta['key']} "
+                f"!= {key}); use a new --out directory or --fresh"
+            )
+        meta = meta or {"key": key, "attack": job.attack, "source": job.source, "spec": job.spec,
+                        "seconds": 0.0, "images": 0, "forwards": 0}
+        todo = [i for i in items if not (folder / f"{i.image_id}.png").exists()]
+        if not todo:
+            return
+        attack = self.build(job)
+        model = self.model(job.source)
+        size = job.spec["batch_size"]
+        bar = tqdm(total=len(todo), desc=f"{job.attack} on {job.source}", unit="img", disable=not self.progress)
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            _, images = self.dataset.load(chunk)
+            x = to_float(images).to(self.device)
+            y = torch.tensor([i.label for i in chunk], device=self.device)
+            t0 = time.perf_counter()
+            adv = attack.run(model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source))
+            meta["seconds"] += time.perf_counter() - t0
+            meta["images"] += len(chunk)
+            meta["forwards"] += attack.forwards_total
+            q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
+            for item, image in zip(chunk, q):
+                atomic_write_png(folder / f"{item.image_id}.png", image.permute(1, 2, 0).numpy())
+            meta["steps"] = attack.steps
+            meta["eps_unit"] = attack.eps
+            meta["forwards_per_image_step"] = meta["forwards"] / max(1, meta["images"] * max(1, attack.steps))
+            meta["seconds_per_image_step"] = meta["seconds"] / max(1, meta["images"] * max(1, attack.steps))
+            atomic_write_json(meta_path, meta)
+            bar.update(len(chunk))
+        bar.close()
+
+    # ------------------------------------------------------------------ evaluation
+    def load_adv(self, job: Job, items: list[Item]) -> torch.Tensor:
+        folder = self.adv_dir(job)
+        arrays = [read_png(folder / f"{i.image_id}.png") for i in items]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def evaluate(self, job: Job, target: str, items: list[Item]) -> pd.DataFrame:
+        """Target predictions on the saved (quantised) adversarial images; cached per job x target."""
+        path = self.out / "evals" / f"{job.attack}__{job.source}__{target}.csv"
+        ids = [i.image_id for i in items]
+        key = self.job_key(job)
+        if path.exists():
+            cached = pd.read_csv(path, dtype={"image_id": str})
+            if cached.job_key.iloc[0] == key and list(cached.image_id) == ids:
+                return cached
+        model = self.model(target)
+        frames = []
+        batch = max(1, min(64, auto_max_forward(self.resolution)))
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            x = to_float(self.load_adv(job, chunk)).to(self.device)
+            y = torch.tensor([i.label for i in chunk])
+            with torch.no_grad():
+                logits = model(x).float().cpu()
+            frames.append(pd.DataFrame({
+                "image_id": [i.image_id for i in chunk],
+                "adv_pred": logits.argmax(1).numpy(),
+                "adv_loss": F.cross_entropy(logits, y, reduction="none").numpy(),
+                "adv_margin": margin(logits, y).numpy(),
+            }))
+        frame = pd.concat(frames, ignore_index=True)
+        frame.insert(0, "job_key", key)
+        atomic_write_csv(path, frame)
+        return frame
+
+    def records(self, eligible: dict[str, list[Item]]) -> pd.DataFrame:
+        """One row per image x attack x source x target, with clean and adversarial predictions."""
+        clean = self.clean.set_index(["image_id", "model"])
+        frames = []
+        for job in self.jobs():
+            items = eligible[job.source]
+            ids = [i.image_id for i in items]
+            x = torch.stack([torch.from_numpy(read_png(self.out / "clean" / f"{i}.png")) for i in ids])
+            a = self.load_adv(job, items).permute(0, 2, 3, 1)
+            linf, l2 = perturbation_norms(x.float() / 255, a.float() / 255)
+            for target in self.cfg["models"]["targets"]:
+                ev = pd.read_csv(self.out / "evals" / f"{job.attack}__{job.source}__{target}.csv",
+                                 dtype={"image_id": str})
+                c = clean.loc[[(i, target) for i in ids]]
+                frame = pd.DataFrame({
+                    "image_id": ids,
+                    "label": c.label.to_numpy(),
+                    "attack": job.attack,
+                    "method": "+".join(str(m) for m in np.atleast_1d(job.spec["method"])),
+                    "source": job.source,
+                    "target": target,
+                    "white_box": target == job.source,
+                    "clean_pred": c.pred.to_numpy(),
+                    "adv_pred": ev.adv_pred.to_numpy(),
+                    "target_clean_correct": (c.pred.to_numpy() == c.label.to_numpy()),
+                    "clean_loss": c.loss.to_numpy(),
+                    "adv_loss": ev.adv_loss.to_numpy(),
+                    "clean_margin": c.margin.to_numpy(),
+                    "adv_margin": ev.adv_margin.to_numpy(),
+                    "linf": linf.numpy(),
+                    "l2": l2.numpy(),
+                })
+                frame["fooled"] = frame.adv_pred != frame.label
+                frame["transfer_utility"] = frame.adv_loss - frame.clean_loss
+                frames.append(frame)
+        return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,1 @@
+"""Shapley interactions between perturbation units: players, games, estimators, the IR loss."""

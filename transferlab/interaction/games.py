@@ -89,7 +89,8 @@ class PolynomialGame:
         c = _check_coalitions(coalitions, self.n_players)
         out = torch.zeros(c.shape[0], dtype=torch.float64)
         for t, a in self.terms.items():
-            out += a * (c[:, list(t)].all(-1) if t else torch.ones(c.shape[0], dtype=torch.bool))
+            present = c[:, list(t)].all(-1) if t else torch.ones(c.shape[0], dtype=torch.bool)
+            out += a * present.to(torch.float64)
         self.evaluations += c.shape[0]
         return out
 

@@ -207,3 +207,20 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     config = write_config(tmp_path, **{"data.limt": 3})
     assert cli.main(["run", str(config), "--out", str(tmp_path / "x")]) == 2
     assert "data.limt" in capsys.readouterr().err
+
+
+def test_best_step_metric_is_recorded_and_labelled(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    run(write_config(tmp_path), out, "eval.record_every=2")
+    results = pd.read_csv(out / "results.csv")
+    best = results[results.metric == "best_step_loo_target_informed"]
+    assert len(best) == 2 * 3
+    steps = pd.concat(pd.read_csv(f) for f in (out / "steps").rglob("*.csv"))
+    assert sorted(steps.step.unique()) == [2, 4, 5]  # every 2 steps and the final step
+    assert "TARGET-INFORMED" in (out / "table.md").read_text()
+    # the final step recorded in memory agrees with the evaluation of the saved PNGs
+    records = pd.read_csv(out / "records.csv", dtype={"image_id": str})
+    pgd_steps = pd.concat(pd.read_csv(f, dtype={"image_id": str}) for f in (out / "steps" / "pgd").rglob("*.csv"))
+    final = pgd_steps[pgd_steps.step == 5].merge(records[records.attack == "pgd"], on=["image_id", "target"],
+                                                 suffixes=("_step", ""))
+    assert len(final) and (final.fooled_step == final.fooled).all()

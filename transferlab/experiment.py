@@ -272,15 +272,21 @@ class Experiment:
         attack = self.build(job)
         model = self.model(job.source)
         size = job.spec["batch_size"]
+        every = self.cfg["eval"]["record_every"]
         bar = tqdm(total=len(todo), desc=f"{job.attack} on {job.source}", unit="img", disable=not self.progress)
         for start in range(0, len(todo), size):
             chunk = todo[start:start + size]
             _, images = self.dataset.load(chunk)
             x = to_float(images).to(self.device)
             y = torch.tensor([i.label for i in chunk], device=self.device)
+            hook, step_rows = self.step_recorder(x, y, chunk, attack) if every else (None, None)
             t0 = time.perf_counter()
-            adv = attack.run(model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source))
+            adv = attack.run(model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source),
+                             on_step=hook)
             meta["seconds"] += time.perf_counter() - t0
+            if step_rows is not None:
+                atomic_write_csv(self.out / "steps" / job.attack / job.source / f"{chunk[0].image_id}.csv",
+                                 pd.DataFrame(step_rows))
             meta["images"] += len(chunk)
             meta["forwards"] += attack.forwards_total
             q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
@@ -293,6 +299,34 @@ class Experiment:
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()
+
+    def step_recorder(self, x: torch.Tensor, y: torch.Tensor, chunk: list[Item], attack):
+        """A per-step hook recording, every `eval.record_every` steps, whether each target misclassifies
+        the quantised intermediate image (for the target-informed best-step metric). Kept in memory and
+        written once per batch; its target forwards are not counted in the attack's time."""
+        every = self.cfg["eval"]["record_every"]
+        rows: list[dict] = []
+        targets = self.cfg["models"]["targets"]
+
+        def hook(t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
+            if t % every and t != attack.steps:
+                return
+            q = quantize(x[index], x_adv, attack.eps, attack.norm)
+            with torch.no_grad():
+                for name in targets:
+                    fooled = (self.model(name)(q).argmax(1) != y[index]).cpu().tolist()
+                    rows.extend({"image_id": chunk[i].image_id, "step": t, "target": name, "fooled": f}
+                                for i, f in zip(index.tolist(), fooled))
+
+        return hook, rows
+
+    def step_records(self, job: Job) -> pd.DataFrame | None:
+        folder = self.out / "steps" / job.attack / job.source
+        files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+        if not files:
+            return None
+        frame = pd.concat([pd.read_csv(f, dtype={"image_id": str}) for f in files], ignore_index=True)
+        return frame.drop_duplicates(["image_id", "step", "target"], keep="last")
 
     # ------------------------------------------------------------------ evaluation
     def load_adv(self, job: Job, items: list[Item]) -> torch.Tensor:

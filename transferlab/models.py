@@ -317,8 +317,8 @@ def _timm_pretrained(name: str) -> nn.Module:
     except Exception as error:  # timm raises many kinds (network, hub, cache): re-raise with the remedy
         raise MissingWeightsError(
             f"timm could not load pretrained weights for {name!r} (it downloads them or reads its local "
-            f"cache): {type(error).__name__}: {error}. Offline, pass weights=<local .pth/.safetensors> "
-            "or use a model from `transferlab models`."
+            f"cache): {type(error).__name__}: {error}. Offline, pass weights=<local .pth/.safetensors>, "
+            "use a model from `transferlab models`, or set HF_HUB_OFFLINE=1 to read only timm's cache."
         ) from error
 
 

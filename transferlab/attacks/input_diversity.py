@@ -33,7 +33,8 @@ def _axis_index(size: int, out: int, new: torch.Tensor, offset: torch.Tensor) ->
 
 
 def resize_pad(x: torch.Tensor, heights, widths, tops, lefts, out_h: int, out_w: int) -> torch.Tensor:
-    """Per-row nearest resize of x (R,C,H,W) to heights×widths, pasted at (tops, lefts) into zeros (R,C,out_h,out_w)."""
+    """Per-row nearest resize of x (R,C,H,W) to heights×widths, pasted at (tops, lefts) into
+    zeros of size (R,C,out_h,out_w)."""
     r, c, h, w = x.shape
     rows = _axis_index(h, out_h, heights, tops)  # (R, out_h) in [0, h]
     cols = _axis_index(w, out_w, widths, lefts)  # (R, out_w) in [0, w]

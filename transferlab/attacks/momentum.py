@@ -22,7 +22,9 @@ MOMENTUM_KEY = "momentum"
 def l1_normalise(grad: torch.Tensor) -> torch.Tensor:
     """∇ / mean|∇| per image; an all-zero gradient stays zero."""
     scale = grad.abs().flatten(1).mean(1).view(-1, *([1] * (grad.ndim - 1)))
-    return torch.where(scale > 0, grad / scale.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad))
+    return torch.where(
+        scale > 0, grad / scale.clamp_min(torch.finfo(grad.dtype).tiny), torch.zeros_like(grad)
+    )
 
 
 @register("mi")
@@ -41,8 +43,8 @@ class Momentum(Component):
     def setup(self, ctx: AttackContext) -> None:
         if MOMENTUM_KEY in ctx.state:
             raise ConfigError(
-                f"two momentum components in one attack ({ctx.state[MOMENTUM_KEY + '_owner']} and {self.name});"
-                " 'ni' already includes MI's momentum"
+                f"two momentum components in one attack ({ctx.state[MOMENTUM_KEY + '_owner']} and "
+                f"{self.name}); 'ni' already includes MI's momentum"
             )
         ctx.state[MOMENTUM_KEY] = torch.zeros_like(ctx.x)
         ctx.state[MOMENTUM_KEY + "_owner"] = self.name

@@ -40,10 +40,11 @@ _TIMM_MODULE = "timm.models._efficientnet_blocks"
 
 
 def branch_entry(block: nn.Module) -> nn.Module | None:
-    """The first module of `block`'s residual branch, or None if `block` is not a recognised residual block."""
+    """The first module of `block`'s residual branch; None if `block` is not a recognised residual block."""
     cls = type(block)
     timm_name = next(
-        (k.__name__ for k in cls.__mro__ if k.__module__ == _TIMM_MODULE and k.__name__ in _TIMM_ENTRIES), None
+        (k.__name__ for k in cls.__mro__ if k.__module__ == _TIMM_MODULE and k.__name__ in _TIMM_ENTRIES),
+        None,
     )
     if timm_name is not None:
         if not getattr(block, "has_skip", False):

@@ -54,7 +54,9 @@ class TranslationInvariance(Component):
 
     def __post_init__(self) -> None:
         if self.kernel_size is not None and (self.kernel_size < 1 or self.kernel_size % 2 == 0):
-            raise ConfigError(f"{self.name}: kernel_size must be a positive odd integer, got {self.kernel_size}")
+            raise ConfigError(
+                f"{self.name}: kernel_size must be a positive odd integer, got {self.kernel_size}"
+            )
         if self.nsig <= 0:
             raise ConfigError(f"{self.name}: nsig must be > 0, got {self.nsig}")
 
@@ -62,7 +64,9 @@ class TranslationInvariance(Component):
         return self.kernel_size if self.kernel_size is not None else default_kernel_size(height)
 
     def setup(self, ctx: AttackContext) -> None:
-        ctx.state[f"{self.name}:kernel"] = gaussian_kernel(self.size_for(ctx.x.shape[-2]), self.nsig, ctx.x.dtype)
+        ctx.state[f"{self.name}:kernel"] = gaussian_kernel(
+            self.size_for(ctx.x.shape[-2]), self.nsig, ctx.x.dtype
+        )
 
     def teardown(self, ctx: AttackContext) -> None:
         ctx.state.pop(f"{self.name}:kernel", None)

@@ -19,7 +19,9 @@ def rows_per_image(rows: int, ctx: AttackContext) -> int:
     return rows // ctx.batch
 
 
-def draw_rows(kind: str, rows: int, shape: tuple[int, ...], ctx: AttackContext, dtype=torch.float32) -> torch.Tensor:
+def draw_rows(
+    kind: str, rows: int, shape: tuple[int, ...], ctx: AttackContext, dtype=torch.float32
+) -> torch.Tensor:
     """Per-image draws for a copy-major batch of `rows` = k·B rows: (rows, *shape); row c·B + b comes
     from image b's stream, so no row depends on another image."""
     k = rows_per_image(rows, ctx)

@@ -71,7 +71,9 @@ class VarianceTuning(Component):
         u = (u * 2 - 1) * self.half_width(ctx)
         return u.transpose(0, 1).reshape(-1, *x.shape[1:])
 
-    def refine(self, grad: torch.Tensor, point: torch.Tensor, attack: Attack, ctx: AttackContext) -> torch.Tensor:
+    def refine(
+        self, grad: torch.Tensor, point: torch.Tensor, attack: Attack, ctx: AttackContext
+    ) -> torch.Tensor:
         out = grad + ctx.state[self._key("variance")]
         centre = ctx.state.get(self._key("x_adv"), point)
         n = self.neighbours

@@ -57,6 +57,7 @@ def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame) -> str
         "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
         "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n",
         markdown_table(results, "transfer_success", cfg.get("reference")),
+        best_step_section(results),
         "\n## Error rate over all attacked images\n",
         markdown_table(results, "error_rate"),
         "\n## Cost\n",
@@ -66,6 +67,19 @@ def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame) -> str
         "",
     ]
     return "\n".join(p for p in parts if p is not None)
+
+
+def best_step_section(results: pd.DataFrame) -> str:
+    from transferlab.eval.transfer import BEST_STEP
+
+    if not (results.metric == BEST_STEP).any():
+        return ""
+    return (
+        "\n## Best step, leave-one-out (TARGET-INFORMED)\n\nThe reference code's metric: each image is "
+        "scored at the recorded step that maximises transfer on the other images for that target. It uses "
+        "the target to pick the step, so it is not a black-box transfer rate.\n\n"
+        + markdown_table(results, BEST_STEP)
+    )
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
@@ -135,7 +149,8 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
     """records.csv, results.csv, table.md, transfer.png and manifest.json in the run directory."""
     out: Path = exp.out
     cfg = exp.cfg
-    results = summarise(records, cfg["attacks"])
+    steps = {(j.attack, j.source): exp.step_records(j) for j in exp.jobs()}
+    results = summarise(records, cfg["attacks"], {k: v for k, v in steps.items() if v is not None})
     atomic_write_csv(out / "records.csv", records)
     atomic_write_csv(out / "results.csv", results)
     costs = cost_table(exp)

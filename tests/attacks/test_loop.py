@@ -23,8 +23,15 @@ def test_every_config_value_reaches_the_attack(tmp_path):
         "seed": 11,
         "attack_defaults": {"eps": 6, "alpha": 1.5, "steps": 7},
         "attacks": {
-            "a": {"method": "pgd", "norm": "l2", "eps": 3, "alpha": 0.5, "steps": 4, "random_start": True,
-                  "max_forward": 17},
+            "a": {
+                "method": "pgd",
+                "norm": "l2",
+                "eps": 3,
+                "alpha": 0.5,
+                "steps": 4,
+                "random_start": True,
+                "max_forward": 17,
+            },
             "b": {"method": "mi", "mi": {"mu": 0.25}},
         },
     }

@@ -32,9 +32,9 @@ def make_run(root, n_images: int = 40, slope: float = -2.0, noise: float = 0.2, 
         for k in range(n_images):
             image_id = f"{k:04d}"
             value = rng.normal(1.0 - 0.4 * a, 0.5)
-            inter_rows.append({"image_id": image_id, "attack": attack, "source": "src", "estimator": "average",
-                               "grid": 8, "score": "margin", "value": value, "stderr": np.nan,
-                               "evaluations": 130, "setting": "avg"})
+            inter_rows.append({"image_id": image_id, "attack": attack, "source": "src",
+                               "estimator": "average", "grid": 8, "score": "margin", "value": value,
+                               "stderr": np.nan, "evaluations": 130, "setting": "avg"})
             for target in [*TARGETS, "src"]:
                 utility = slope * value + rng.normal(0, noise)
                 rec_rows.append({"image_id": image_id, "label": 1, "attack": attack, "source": "src",
@@ -68,7 +68,7 @@ def test_planted_negative_correlation_is_recovered(tmp_path):
 
 def test_point_estimates_match_scipy(tmp_path):
     run = make_run(tmp_path, noise=3.0)
-    out = correlate_run(run, n_boot=0)
+    out = correlate_run(run, n_boot=0, plots=False)
     merged = out["merged"]
     sub = merged[(merged.target == "t1") & merged.target_clean_correct]
     corr = out["correlation"].set_index(["target", "attack", "outcome", "method"])
@@ -108,16 +108,17 @@ def test_pair_rows_are_averaged_per_image_and_setting_is_chosen(tmp_path):
     pairs = pd.concat([pairs.assign(value=pairs.value + 1.0), pairs.assign(value=pairs.value + 3.0)])
     pd.concat([table, pairs]).to_csv(run / "interaction.csv", index=False)
     atomic_write_json(run / "interaction.manifest.json", {"settings": {"setting": "avg"}})
-    avg = correlate_run(run, n_boot=0)["merged"].drop_duplicates(["image_id", "attack"])
-    both = correlate_run(run, n_boot=0, setting="pairs")["merged"].drop_duplicates(["image_id", "attack"])
+    avg = correlate_run(run, n_boot=0, plots=False)["merged"].drop_duplicates(["image_id", "attack"])
+    both = correlate_run(run, n_boot=0, setting="pairs", plots=False)["merged"]
+    both = both.drop_duplicates(["image_id", "attack"])
     assert np.allclose(both.interaction.to_numpy(), avg.interaction.to_numpy() + 2.0)
     with pytest.raises(ValueError, match="setting"):
-        correlate_run(run, setting="nope")
+        correlate_run(run, setting="nope", plots=False)
 
 
 def test_white_box_rows_can_be_included(tmp_path):
     run = make_run(tmp_path, n_images=10)
-    corr = correlate_run(run, n_boot=0, include_white_box=True)["correlation"]
+    corr = correlate_run(run, n_boot=0, include_white_box=True, plots=False)["correlation"]
     assert set(corr.target) == {*TARGETS, "src"}
 
 

@@ -98,7 +98,7 @@ def test_perturbation_game_matches_manual_masking():
     for k, c in enumerate(coalitions):
         m = (masks * c[:, None, None, None].float()).sum(0)
         with torch.no_grad():
-            want = logodds(model((x + d * m)).double(), y)[0]
+            want = logodds(model(x + d * m).double(), y)[0]
         assert abs(float(got[k]) - float(want)) < 1e-5
 
 

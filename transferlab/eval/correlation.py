@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import TransferlabError
 from ..io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from ..rng import stable_seed
 from .stats import wilson_interval
@@ -31,6 +32,10 @@ METHODS = ("pearson", "spearman")
 CORRELATION_COLUMNS = ["target", "source", "attack", "outcome", "method", "r", "ci_low", "ci_high", "n",
                        "n_images", "p_value"]
 KEYS = ["image_id", "attack", "source"]
+
+
+class CorrelationError(TransferlabError, ValueError):
+    """The run cannot be correlated as asked; the message says what to do."""
 
 
 # --------------------------------------------------------------------------- statistics
@@ -122,7 +127,7 @@ def _chosen_setting(run_dir: Path, table: pd.DataFrame, setting: str | None) -> 
     available = list(dict.fromkeys(table.setting))
     if setting is not None:
         if setting not in available:
-            raise ValueError(f"setting {setting!r} not in interaction.csv; available: {available}")
+            raise CorrelationError(f"setting {setting!r} not in interaction.csv; available: {available}")
         return setting
     manifest = run_dir / "interaction.manifest.json"
     if manifest.exists():
@@ -140,7 +145,7 @@ def load_interactions(run_dir: str | Path, setting: str | None = None) -> tuple[
         raise FileNotFoundError(f"{path} not found: run `transferlab interaction {run_dir}` first")
     table = pd.read_csv(path, dtype={"image_id": str, "setting": str})
     if table.empty:
-        raise ValueError(f"{path} has no rows")
+        raise CorrelationError(f"{path} has no rows: run `transferlab interaction {run_dir}`")
     chosen = _chosen_setting(run_dir, table, setting)
     sub = table[table.setting == chosen]
     agg = sub.groupby(KEYS, sort=True).agg(interaction=("value", "mean"), estimator=("estimator", "first"),
@@ -311,13 +316,13 @@ def plot_by_attack(by_attack: pd.DataFrame, path: Path) -> None:
 
 
 def correlate_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0, setting: str | None = None,
-                  clean_correct_only: bool = True,
-                  include_white_box: bool = False) -> dict[str, pd.DataFrame]:
+                  clean_correct_only: bool = True, include_white_box: bool = False,
+                  plots: bool = True) -> dict[str, pd.DataFrame]:
     """Correlate interaction with transfer for a measured run; write tables, plots and a manifest.
 
     Returns {'correlation', 'interaction', 'transfer', 'by_attack', 'merged'}. Correlations use the images
     each target classifies correctly when clean (``clean_correct_only``); white-box rows (target = source) are
-    left out unless ``include_white_box``.
+    left out unless ``include_white_box``. ``plots=False`` skips the two PNGs.
     """
     from ..provenance import provenance
 
@@ -325,7 +330,8 @@ def correlate_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0, settin
     t0 = time.perf_counter()
     merged, chosen = load_merged(run_dir, setting, include_white_box)
     if merged.empty:
-        raise ValueError(f"no records in {run_dir} match the measured interactions (setting {chosen!r})")
+        raise CorrelationError(f"no records in {run_dir} match the measured interactions "
+                               f"(setting {chosen!r})")
     corr = correlation_table(merged, n_boot, seed, clean_correct_only)
     inter = interaction_table(merged)
     transfer = transfer_table(merged)
@@ -333,16 +339,17 @@ def correlate_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0, settin
     t1 = time.perf_counter()
     atomic_write_csv(run_dir / "correlation.csv", corr)
     atomic_write_csv(run_dir / "interaction_by_attack.csv", by_attack)
-    plot_correlation(merged, corr, run_dir / "correlation.png", clean_correct_only)
-    plot_by_attack(by_attack, run_dir / "interaction_by_attack.png")
+    if plots:
+        plot_correlation(merged, corr, run_dir / "correlation.png", clean_correct_only)
+        plot_by_attack(by_attack, run_dir / "interaction_by_attack.png")
     t2 = time.perf_counter()
     atomic_write_json(run_dir / "correlation.manifest.json", {
         "settings": {"n_boot": n_boot, "seed": seed, "setting": chosen,
                      "clean_correct_only": clean_correct_only, "include_white_box": include_white_box,
                      "interval": "95% percentile bootstrap over images"},
         "inputs": ["interaction.csv", "records.csv"],
-        "outputs": ["correlation.csv", "interaction_by_attack.csv", "correlation.png",
-                    "interaction_by_attack.png"],
+        "outputs": ["correlation.csv", "interaction_by_attack.csv"]
+        + (["correlation.png", "interaction_by_attack.png"] if plots else []),
         "counts": {"rows": len(merged), "images": int(merged.image_id.nunique()),
                    "attacks": sorted(merged.attack.unique()), "targets": sorted(merged.target.unique())},
         "timings": {"statistics_s": round(t1 - t0, 3), "plots_s": round(t2 - t1, 3)},

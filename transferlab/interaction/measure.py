@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import TransferlabError
 from ..io import atomic_write_csv, atomic_write_json, read_png
 from .estimators import average_interaction, order_interactions, random_pairs, sampled_interaction
 from .games import BatchedPerturbationGame, default_grid
@@ -35,10 +36,15 @@ DEFAULT_ORDER_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 ModelLoader = Callable[..., nn.Module]
 
 
-def _default_loader(name: str, weights_dir: str | None = None, device: str = "cpu") -> nn.Module:
+class InteractionError(TransferlabError, ValueError):
+    """A run directory or a setting that cannot be measured; the message says what to do."""
+
+
+def _default_loader(name: str, weights: str | None = None, weights_dir: str | None = None,
+                    device: str = "cpu") -> nn.Module:
     from ..models import load_model  # lazy: the model zoo pulls in timm
 
-    return load_model(name, weights_dir=weights_dir, device=device)
+    return load_model(name, weights=weights, weights_dir=weights_dir, device=device)
 
 
 def default_orders(n: int) -> list[int]:
@@ -58,12 +64,13 @@ def _read_units(run_dir: Path) -> pd.DataFrame:
     return units.reset_index(drop=True)
 
 
-def _weights_dir(run_dir: Path) -> str | None:
+def _weights(run_dir: Path) -> tuple[str | None, dict[str, str]]:
+    """(weights_dir, {model: checkpoint}) from the run's resolved config, as `transferlab run` used them."""
     path = run_dir / "manifest.json"
     if not path.exists():
-        return None
-    config = json.loads(path.read_text()).get("config") or {}
-    return (config.get("models") or {}).get("weights_dir")
+        return None, {}
+    models = (json.loads(path.read_text()).get("config") or {}).get("models") or {}
+    return models.get("weights_dir"), models.get("weights") or {}
 
 
 def resolve_pairs(pairs: int | Sequence[tuple[int, int]] | None, n: int, estimator: str,
@@ -142,14 +149,14 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     ``evaluations`` in a row is that row's cost per image. Returns the rows of these settings.
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        raise InteractionError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     if score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
+        raise InteractionError(f"unknown score {score!r}; choose one of {SCORES}")
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     units = _read_units(run_dir)
     if units.empty:
-        raise ValueError(f"{run_dir / 'records.csv'} has no attacked images")
+        raise InteractionError(f"{run_dir / 'records.csv'} has no attacked images")
     height, width = _load_image(run_dir / "clean" / f"{units.image_id[0]}.png").shape[-2:]
     grid = int(grid) if grid is not None else default_grid(height, width)
     n = grid * grid
@@ -163,9 +170,9 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     mine = table[table.setting == settings["setting"]]
     done = set(zip(mine.image_id, mine.attack, mine.source, strict=True))
     todo = units[[(r.image_id, r.attack, r.source) not in done for r in units.itertuples()]]
-    new_rows = _measure_units(run_dir, todo, settings, batch_size, device, chunk,
-                              model_loader or _default_loader, progress, table, out_path)
-    result = table if not new_rows else _write(out_path, table, new_rows)
+    _measure_units(run_dir, todo, settings, batch_size, device, chunk, model_loader or _default_loader,
+                   progress, table, out_path)
+    result = _existing(out_path)  # re-read, so a fresh and a resumed call return identical frames
     atomic_write_json(run_dir / "interaction.manifest.json", {
         "settings": settings, "batch_size": batch_size, "device": device, "chunk": chunk,
         "measured": len(todo), "skipped": len(units) - len(todo),
@@ -175,33 +182,31 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     return result[result.setting == settings["setting"]].reset_index(drop=True)
 
 
-def _write(path: Path, table: pd.DataFrame, new_rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _write(path: Path, table: pd.DataFrame, new_rows: list[dict[str, Any]]) -> None:
     frames = [f for f in (table, pd.DataFrame(new_rows)) if not f.empty]
-    merged = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
-    atomic_write_csv(path, merged)
-    return merged
+    atomic_write_csv(path, pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS))
 
 
 def _measure_units(run_dir: Path, todo: pd.DataFrame, settings: dict[str, Any], batch_size: int, device: str,
                    chunk: int, loader: ModelLoader, progress: bool, table: pd.DataFrame,
-                   out_path: Path) -> list[dict[str, Any]]:
+                   out_path: Path) -> None:
     """Measure the pending units, grouped by (source, attack), writing the CSV after every batch."""
     from tqdm.auto import tqdm
 
-    weights_dir = _weights_dir(run_dir)
+    weights_dir, weights = _weights(run_dir)
     models: dict[str, nn.Module] = {}
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), desc="interaction", unit="img", disable=not progress)
     for (source, attack), group in todo.groupby(["source", "attack"], sort=True):
         if source not in models:
-            models[source] = loader(source, weights_dir=weights_dir, device=device).eval().to(device)
+            model = loader(source, weights=weights.get(source), weights_dir=weights_dir, device=device)
+            models[source] = model.eval().to(device)
         for start in range(0, len(group), batch_size):
             batch = group.iloc[start:start + batch_size]
             rows += _measure_batch(run_dir, models[source], batch, attack, source, settings, device, chunk)
             _write(out_path, table, rows)
             bar.update(len(batch))
     bar.close()
-    return rows
 
 
 def _measure_batch(run_dir: Path, model: nn.Module, batch: pd.DataFrame, attack: str, source: str,

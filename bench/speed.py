@@ -35,7 +35,7 @@ def eligible_images(models, n: int, root: str):
     data = open_dataset({"kind": "folder", "root": root, "resolution": 32, "crop_pct": 1.0})
     xs, ys = [], []
     for start in range(0, len(data), 256):
-        items, images = data.load(data.items[start:start + 256])
+        items, images = data.load(data.items[start : start + 256])
         x = to_float(images)
         y = torch.tensor([i.label for i in items])
         with torch.no_grad():
@@ -102,13 +102,21 @@ def main(argv=None) -> int:
     x, y = eligible_images([src, tgt], args.images, args.data)
     eps, alpha, steps = args.eps / 255, args.eps / 4 / 255, args.steps
     n = len(y)
-    print(f"{args.source} -> {args.target}: {n} CIFAR-10 images both classify correctly; L∞ ε={args.eps}/255, "
-          f"α=ε/4, {steps} steps; batch {n}; {torch.get_num_threads()} threads; repeats {args.repeats} (median)")
+    print(
+        f"{args.source} -> {args.target}: {n} CIFAR-10 images both classify correctly; L∞ ε={args.eps}/255, "
+        f"α=ε/4, {steps} steps; batch {n}; {torch.get_num_threads()} threads; repeats {args.repeats} (median)"
+    )
     rows = []
 
     def record(part, name, impl, seconds, adv=None, forwards=None):
-        row = {"part": part, "method": name, "impl": impl, "seconds": seconds,
-               "s_per_image_step": seconds / (n * steps), "forwards_per_image_step": forwards}
+        row = {
+            "part": part,
+            "method": name,
+            "impl": impl,
+            "seconds": seconds,
+            "s_per_image_step": seconds / (n * steps),
+            "forwards_per_image_step": forwards,
+        }
         if adv is not None:
             row["white_box"], row["wb_lo"], row["wb_hi"] = success(src, x, adv, y, eps)
             row["transfer"], row["tr_lo"], row["tr_hi"] = success(tgt, x, adv, y, eps)
@@ -128,35 +136,57 @@ def main(argv=None) -> int:
 
     # (b) against torchattacks, same settings
     pairs = [
-        ("pgd", "pgd", {}, lambda: torchattacks.PGD(src, eps=eps, alpha=alpha, steps=steps, random_start=False)),
+        (
+            "pgd",
+            "pgd",
+            {},
+            lambda: torchattacks.PGD(src, eps=eps, alpha=alpha, steps=steps, random_start=False),
+        ),
         ("mi", "mi", {}, lambda: torchattacks.MIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0)),
-        ("vmi", "vmi", {"vmi": {"neighbours": 20, "beta": 1.5}},
-         lambda: torchattacks.VMIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0, N=20, beta=1.5)),
-        ("di", "di", {"di": {"p": 0.5, "resize_rate": 1.1}},
-         lambda: torchattacks.DIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=0.0, resize_rate=1.1,
-                                     diversity_prob=0.5)),
-        ("ti", "ti", {"ti": {"kernel_size": 5, "nsig": 3.0}},
-         lambda: torchattacks.TIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=0.0, len_kernel=5, nsig=3,
-                                     diversity_prob=0.0)),
+        (
+            "vmi",
+            "vmi",
+            {"vmi": {"neighbours": 20, "beta": 1.5}},
+            lambda: torchattacks.VMIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0, N=20, beta=1.5),
+        ),
+        (
+            "di",
+            "di",
+            {"di": {"p": 0.5, "resize_rate": 1.1}},
+            lambda: torchattacks.DIFGSM(
+                src, eps=eps, alpha=alpha, steps=steps, decay=0.0, resize_rate=1.1, diversity_prob=0.5
+            ),
+        ),
+        (
+            "ti",
+            "ti",
+            {"ti": {"kernel_size": 5, "nsig": 3.0}},
+            lambda: torchattacks.TIFGSM(
+                src, eps=eps, alpha=alpha, steps=steps, decay=0.0, len_kernel=5, nsig=3, diversity_prob=0.0
+            ),
+        ),
     ]
     for name, method, params, make_ta in pairs:
         mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=4096)
         ta = make_ta()
         t_ta, t_me = [], []
         for _ in range(args.repeats):
-            t, adv_ta = timed(lambda: ta(x, y), 1)
+            t, adv_ta = timed(lambda ta=ta: ta(x, y), 1)
             t_ta.append(t)
-            t, adv_me = timed(lambda: mine.run(src, x, y), 1)
+            t, adv_me = timed(lambda mine=mine: mine.run(src, x, y), 1)
             t_me.append(t)
         record("b", name, "torchattacks", statistics.median(t_ta), adv_ta)
         record("b", name, "transferlab", statistics.median(t_me), adv_me, mine.forwards_per_step())
 
     # (c) IR against PGD
-    variants = [("pgd", "pgd", {}), ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
-                ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}})]
+    variants = [
+        ("pgd", "pgd", {}),
+        ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
+        ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}}),
+    ]
     for name, method, params in variants:
         atk = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=8192)
-        t, adv = timed(lambda: atk.run(src, x, y), args.repeats)
+        t, adv = timed(lambda atk=atk: atk.run(src, x, y), args.repeats)
         record("c", name, "transferlab", t, adv, atk.forwards_per_step())
 
     table = pd.DataFrame(rows)
@@ -170,13 +200,16 @@ def main(argv=None) -> int:
         return table[(table.part == part) & (table.method == method) & (table.impl == impl)].seconds.iloc[0]
 
     print("\nratios (time, same process, median of repeats):")
-    print(f"(a) transferlab PGD / bare forward+backward loop: {s('a', 'pgd', 'transferlab') / s('a', 'pgd', 'bare loop'):.3f}")
+    overhead = s("a", "pgd", "transferlab") / s("a", "pgd", "bare loop")
+    print(f"(a) transferlab PGD / bare forward+backward loop: {overhead:.3f}")
     for name, *_ in pairs:
-        print(f"(b) transferlab {name.upper()} / torchattacks: {s('b', name, 'transferlab') / s('b', name, 'torchattacks'):.3f}")
+        ratio = s("b", name, "transferlab") / s("b", name, "torchattacks")
+        print(f"(b) transferlab {name.upper()} / torchattacks {name.upper()}: {ratio:.3f}")
     pgd_t = s("c", "pgd", "transferlab")
     for name in ("ir_official", "ir_pairwise"):
         f = table[(table.part == "c") & (table.method == name)].forwards_per_image_step.iloc[0]
-        print(f"(c) {name} / PGD per step: {s('c', name, 'transferlab') / pgd_t:.2f} (forwards per image-step: {f:.2f})")
+        ratio = s("c", name, "transferlab") / pgd_t
+        print(f"(c) {name} / PGD per step: {ratio:.2f} (forwards per image-step: {f:.2f})")
     return 0
 
 

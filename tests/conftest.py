@@ -55,7 +55,9 @@ def channel_net() -> ChannelNet:
     return ChannelNet()
 
 
-def make_folder_dataset(root: Path, per_class: int = 4, size: int = 16, classes: int = 3, seed: int = 0) -> Path:
+def make_folder_dataset(
+    root: Path, per_class: int = 4, size: int = 16, classes: int = 3, seed: int = 0
+) -> Path:
     """class-per-folder PNGs whose class is the dominant colour channel."""
     rng = np.random.default_rng(seed)
     for c in range(classes):

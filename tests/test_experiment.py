@@ -71,14 +71,28 @@ def test_output_contract(tmp_path, tiny_models):
     for name in ("results.csv", "records.csv", "table.md", "transfer.png", "manifest.json", "clean.csv"):
         assert (out / name).is_file(), name
     results = pd.read_csv(out / "results.csv")
-    need = {"attack", "source", "target", "norm", "eps", "steps", "metric", "n", "successes",
-            "success_rate", "ci_low", "ci_high"}
+    need = {
+        "attack",
+        "source",
+        "target",
+        "norm",
+        "eps",
+        "steps",
+        "metric",
+        "n",
+        "successes",
+        "success_rate",
+        "ci_low",
+        "ci_high",
+    }
     assert need <= set(results.columns)
     assert set(results.metric) == {"transfer_success", "error_rate"}
     assert len(results) == 2 * 3 * 2  # attacks x targets x metrics
     assert ((results.ci_low <= results.success_rate) & (results.success_rate <= results.ci_high)).all()
     records = pd.read_csv(out / "records.csv", dtype={"image_id": str})
-    assert {"image_id", "attack", "source", "target", "clean_pred", "adv_pred", "fooled"} <= set(records.columns)
+    assert {"image_id", "attack", "source", "target", "clean_pred", "adv_pred", "fooled"} <= set(
+        records.columns
+    )
     # every attacked image has its clean and adversarial PNG, and the files alone verify the ε-ball
     for row in records[records.target == "tiny_a"].itertuples():
         clean = read_png(out / "clean" / f"{row.image_id}.png").astype(int)
@@ -220,7 +234,10 @@ def test_best_step_metric_is_recorded_and_labelled(tmp_path, tiny_models):
     assert "TARGET-INFORMED" in (out / "table.md").read_text()
     # the final step recorded in memory agrees with the evaluation of the saved PNGs
     records = pd.read_csv(out / "records.csv", dtype={"image_id": str})
-    pgd_steps = pd.concat(pd.read_csv(f, dtype={"image_id": str}) for f in (out / "steps" / "pgd").rglob("*.csv"))
-    final = pgd_steps[pgd_steps.step == 5].merge(records[records.attack == "pgd"], on=["image_id", "target"],
-                                                 suffixes=("_step", ""))
+    pgd_steps = pd.concat(
+        pd.read_csv(f, dtype={"image_id": str}) for f in (out / "steps" / "pgd").rglob("*.csv")
+    )
+    final = pgd_steps[pgd_steps.step == 5].merge(
+        records[records.attack == "pgd"], on=["image_id", "target"], suffixes=("_step", "")
+    )
     assert len(final) and (final.fooled_step == final.fooled).all()

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML experiment config, e.g. configs/demo.yaml")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. data.limit=20")
     run.add_argument("--out", help="output directory (default: runs/<config name>)")
-    run.add_argument("--dry-run", action="store_true", help="resolve models, weights and attacks; print the plan")
+    run.add_argument(
+        "--dry-run", action="store_true", help="resolve models, weights and attacks; print the plan"
+    )
     run.add_argument("--fresh", action="store_true", help="delete the output directory first")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (`run CONFIG --out DIR data.limit=20`)
-    if extra and getattr(args, "command", None) == "run" and all("=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and getattr(args, "command", None) == "run"
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -101,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transferlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ntransferlab: interrupted; finished work is saved, run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "\ntransferlab: interrupted; finished work is saved, run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -136,7 +136,9 @@ def nips17_items(root: Path) -> list[Item]:
             try:
                 label = int(row["TrueLabel"]) - 1
             except ValueError as exc:
-                raise DataError(f"{csv_path}:{line}: TrueLabel {row['TrueLabel']!r} is not an integer") from exc
+                raise DataError(
+                    f"{csv_path}:{line}: TrueLabel {row['TrueLabel']!r} is not an integer"
+                ) from exc
             if not 0 <= label < 1000:
                 raise DataError(
                     f"{csv_path}:{line}: TrueLabel {row['TrueLabel']} out of range 1..1000 (1-indexed labels)"

@@ -35,8 +35,8 @@ from transferlab.attacks.registry import build_attack
 from transferlab.data import Dataset, Item, open_dataset, to_float
 from transferlab.errors import TransferlabError
 from transferlab.eval.quantize import perturbation_norms, quantize
-from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_png, read_png
 from transferlab.interaction.scores import margin
+from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_png, read_png
 
 CLEAN_COLUMNS = ["image_id", "label", "model", "pred", "loss", "margin"]
 
@@ -171,12 +171,17 @@ class Experiment:
         done = set() if known is None else set(zip(known.image_id, known.model))
         eligible: dict[str, list[Item]] = {s: [] for s in sources}
         batch = max(1, min(64, auto_max_forward(self.resolution)))
-        bar = tqdm(total=limit or len(self.dataset), desc="clean predictions", disable=not self.progress,
-                   unit="img", leave=False)
+        bar = tqdm(
+            total=limit or len(self.dataset),
+            desc="clean predictions",
+            disable=not self.progress,
+            unit="img",
+            leave=False,
+        )
         for start in range(0, len(self.dataset), batch):
             if limit and all(len(v) >= limit for v in eligible.values()):
                 break
-            items, images = self.dataset.load(self.dataset.items[start:start + batch])
+            items, images = self.dataset.load(self.dataset.items[start : start + batch])
             if not items:
                 continue
             new = self._clean_predictions(items, images, done)
@@ -190,9 +195,13 @@ class Experiment:
             for s in sources:
                 need = self.model_names if rule == "all" else [s]
                 for item in items:
-                    if (not limit or len(eligible[s]) < limit) and all(ok.get((item.image_id, m), False) for m in need):
+                    if (not limit or len(eligible[s]) < limit) and all(
+                        ok.get((item.image_id, m), False) for m in need
+                    ):
                         eligible[s].append(item)
-            bar.update(len(items) if not limit else min(limit, min(len(v) for v in eligible.values())) - bar.n)
+            bar.update(
+                len(items) if not limit else min(limit, min(len(v) for v in eligible.values())) - bar.n
+            )
         bar.close()
         table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CLEAN_COLUMNS)
         table = table.drop_duplicates(["image_id", "model"]).reset_index(drop=True)
@@ -205,7 +214,9 @@ class Experiment:
             self.timings["skipped_files"] = len(self.dataset.skipped)
         for s, items in eligible.items():
             if not items:
-                raise RunError(f"no image is eligible for source {s} (rule '{rule}'); check labels and weights")
+                raise RunError(
+                    f"no image is eligible for source {s} (rule '{rule}'); check labels and weights"
+                )
         return eligible
 
     def _clean_predictions(self, items, images, done) -> pd.DataFrame | None:
@@ -220,14 +231,18 @@ class Experiment:
             with torch.no_grad():
                 logits = self.model(name)(x[todo]).float().cpu()
             y = labels[todo]
-            frames.append(pd.DataFrame({
-                "image_id": [items[k].image_id for k in todo],
-                "label": y.numpy(),
-                "model": name,
-                "pred": logits.argmax(1).numpy(),
-                "loss": F.cross_entropy(logits, y, reduction="none").numpy(),
-                "margin": margin(logits, y).numpy(),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "image_id": [items[k].image_id for k in todo],
+                        "label": y.numpy(),
+                        "model": name,
+                        "pred": logits.argmax(1).numpy(),
+                        "loss": F.cross_entropy(logits, y, reduction="none").numpy(),
+                        "margin": margin(logits, y).numpy(),
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True) if frames else None
 
     def _check_labels(self, items: list[Item]) -> None:
@@ -261,11 +276,18 @@ class Experiment:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
         if meta is not None and meta["key"] != key:
             raise RunError(
-                f"{folder} holds attack '{job.attack}' on {job.source} with other settings (key {meta['key']} "
-                f"!= {key}); use a new --out directory or --fresh"
+                f"{folder} holds attack '{job.attack}' on {job.source} with other settings "
+                f"(key {meta['key']} != {key}); use a new --out directory or --fresh"
             )
-        meta = meta or {"key": key, "attack": job.attack, "source": job.source, "spec": job.spec,
-                        "seconds": 0.0, "images": 0, "forwards": 0}
+        meta = meta or {
+            "key": key,
+            "attack": job.attack,
+            "source": job.source,
+            "spec": job.spec,
+            "seconds": 0.0,
+            "images": 0,
+            "forwards": 0,
+        }
         todo = [i for i in items if not (folder / f"{i.image_id}.png").exists()]
         if not todo:
             return
@@ -273,20 +295,25 @@ class Experiment:
         model = self.model(job.source)
         size = job.spec["batch_size"]
         every = self.cfg["eval"]["record_every"]
-        bar = tqdm(total=len(todo), desc=f"{job.attack} on {job.source}", unit="img", disable=not self.progress)
+        bar = tqdm(
+            total=len(todo), desc=f"{job.attack} on {job.source}", unit="img", disable=not self.progress
+        )
         for start in range(0, len(todo), size):
-            chunk = todo[start:start + size]
+            chunk = todo[start : start + size]
             _, images = self.dataset.load(chunk)
             x = to_float(images).to(self.device)
             y = torch.tensor([i.label for i in chunk], device=self.device)
             hook, step_rows = self.step_recorder(x, y, chunk, attack) if every else (None, None)
             t0 = time.perf_counter()
-            adv = attack.run(model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source),
-                             on_step=hook)
+            adv = attack.run(
+                model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook
+            )
             meta["seconds"] += time.perf_counter() - t0
             if step_rows is not None:
-                atomic_write_csv(self.out / "steps" / job.attack / job.source / f"{chunk[0].image_id}.csv",
-                                 pd.DataFrame(step_rows))
+                atomic_write_csv(
+                    self.out / "steps" / job.attack / job.source / f"{chunk[0].image_id}.csv",
+                    pd.DataFrame(step_rows),
+                )
             meta["images"] += len(chunk)
             meta["forwards"] += attack.forwards_total
             q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
@@ -315,8 +342,10 @@ class Experiment:
             with torch.no_grad():
                 for name in targets:
                     fooled = (self.model(name)(q).argmax(1) != y[index]).cpu().tolist()
-                    rows.extend({"image_id": chunk[i].image_id, "step": t, "target": name, "fooled": f}
-                                for i, f in zip(index.tolist(), fooled))
+                    rows.extend(
+                        {"image_id": chunk[i].image_id, "step": t, "target": name, "fooled": f}
+                        for i, f in zip(index.tolist(), fooled)
+                    )
 
         return hook, rows
 
@@ -347,17 +376,21 @@ class Experiment:
         frames = []
         batch = max(1, min(64, auto_max_forward(self.resolution)))
         for start in range(0, len(items), batch):
-            chunk = items[start:start + batch]
+            chunk = items[start : start + batch]
             x = to_float(self.load_adv(job, chunk)).to(self.device)
             y = torch.tensor([i.label for i in chunk])
             with torch.no_grad():
                 logits = model(x).float().cpu()
-            frames.append(pd.DataFrame({
-                "image_id": [i.image_id for i in chunk],
-                "adv_pred": logits.argmax(1).numpy(),
-                "adv_loss": F.cross_entropy(logits, y, reduction="none").numpy(),
-                "adv_margin": margin(logits, y).numpy(),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "image_id": [i.image_id for i in chunk],
+                        "adv_pred": logits.argmax(1).numpy(),
+                        "adv_loss": F.cross_entropy(logits, y, reduction="none").numpy(),
+                        "adv_margin": margin(logits, y).numpy(),
+                    }
+                )
+            )
         frame = pd.concat(frames, ignore_index=True)
         frame.insert(0, "job_key", key)
         atomic_write_csv(path, frame)
@@ -374,27 +407,30 @@ class Experiment:
             a = self.load_adv(job, items).permute(0, 2, 3, 1)
             linf, l2 = perturbation_norms(x.float() / 255, a.float() / 255)
             for target in self.cfg["models"]["targets"]:
-                ev = pd.read_csv(self.out / "evals" / f"{job.attack}__{job.source}__{target}.csv",
-                                 dtype={"image_id": str})
+                ev = pd.read_csv(
+                    self.out / "evals" / f"{job.attack}__{job.source}__{target}.csv", dtype={"image_id": str}
+                )
                 c = clean.loc[[(i, target) for i in ids]]
-                frame = pd.DataFrame({
-                    "image_id": ids,
-                    "label": c.label.to_numpy(),
-                    "attack": job.attack,
-                    "method": "+".join(str(m) for m in np.atleast_1d(job.spec["method"])),
-                    "source": job.source,
-                    "target": target,
-                    "white_box": target == job.source,
-                    "clean_pred": c.pred.to_numpy(),
-                    "adv_pred": ev.adv_pred.to_numpy(),
-                    "target_clean_correct": (c.pred.to_numpy() == c.label.to_numpy()),
-                    "clean_loss": c.loss.to_numpy(),
-                    "adv_loss": ev.adv_loss.to_numpy(),
-                    "clean_margin": c.margin.to_numpy(),
-                    "adv_margin": ev.adv_margin.to_numpy(),
-                    "linf": linf.numpy(),
-                    "l2": l2.numpy(),
-                })
+                frame = pd.DataFrame(
+                    {
+                        "image_id": ids,
+                        "label": c.label.to_numpy(),
+                        "attack": job.attack,
+                        "method": "+".join(str(m) for m in np.atleast_1d(job.spec["method"])),
+                        "source": job.source,
+                        "target": target,
+                        "white_box": target == job.source,
+                        "clean_pred": c.pred.to_numpy(),
+                        "adv_pred": ev.adv_pred.to_numpy(),
+                        "target_clean_correct": (c.pred.to_numpy() == c.label.to_numpy()),
+                        "clean_loss": c.loss.to_numpy(),
+                        "adv_loss": ev.adv_loss.to_numpy(),
+                        "clean_margin": c.margin.to_numpy(),
+                        "adv_margin": ev.adv_margin.to_numpy(),
+                        "linf": linf.numpy(),
+                        "l2": l2.numpy(),
+                    }
+                )
                 frame["fooled"] = frame.adv_pred != frame.label
                 frame["transfer_utility"] = frame.adv_loss - frame.clean_loss
                 frames.append(frame)

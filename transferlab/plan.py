@@ -21,7 +21,10 @@ def timm_weights_status(name: str) -> tuple[bool | None, str]:
         return False, "timm knows no pretrained weights for this name"
     hub = getattr(cfg, "hf_hub_id", None)
     if not hub:
-        return None, f"timm pretrained from {getattr(cfg, 'url', None) or 'its own source'} (downloaded on first use)"
+        return (
+            None,
+            f"timm pretrained from {getattr(cfg, 'url', None) or 'its own source'} (downloaded on first use)",
+        )
     for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
         hit = try_to_load_from_cache(hub, filename)
         if isinstance(hit, str):
@@ -36,8 +39,10 @@ def print_plan(cfg: dict, out: Path) -> int:
 
     data = open_dataset(cfg["data"])
     limit = cfg["data"]["limit"] or len(data)
-    print(f"config {cfg['name']}: {len(data)} images of kind '{data.name}' at {data.resolution} px; "
-          f"up to {limit} eligible per source ({cfg['data']['eligibility']} rule); output {out}/")
+    print(
+        f"config {cfg['name']}: {len(data)} images of kind '{data.name}' at {data.resolution} px; "
+        f"up to {limit} eligible per source ({cfg['data']['eligibility']} rule); output {out}/"
+    )
     rows = {r["name"]: r for r in list_models(weights_dir=cfg["models"]["weights_dir"])}
     names = list(dict.fromkeys([*cfg["models"]["sources"], *cfg["models"]["targets"]]))
     missing = []
@@ -60,17 +65,31 @@ def print_plan(cfg: dict, out: Path) -> int:
     total = 0
     for name, spec in cfg["attacks"].items():
         eps, alpha = loop_units(spec, data.resolution)
-        attack = build_attack(spec["method"], spec["params"], eps=eps, alpha=alpha, steps=spec["steps"],
-                              norm=spec["norm"], random_start=spec["random_start"], seed=cfg["seed"],
-                              max_forward=spec["max_forward"] or auto_max_forward(data.resolution), name=name)
+        attack = build_attack(
+            spec["method"],
+            spec["params"],
+            eps=eps,
+            alpha=alpha,
+            steps=spec["steps"],
+            norm=spec["norm"],
+            random_start=spec["random_start"],
+            seed=cfg["seed"],
+            max_forward=spec["max_forward"] or auto_max_forward(data.resolution),
+            name=name,
+        )
         per_step = math.prod(c.batch_multiplier() for c in attack.components)
         passes = per_step * attack.steps
         total += passes * limit * len(cfg["models"]["sources"])
         params = {c.name: c.params() for c in attack.components}
-        print(f"  {name:<14} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 steps={spec['steps']} "
-              f"random_start={attack.random_start}  ~{passes} passes/image  {params}")
-    print(f"\nestimated: about {total:,} image forward+backward passes on the sources "
-          f"(+ {limit * len(names) * (1 + len(cfg['attacks'])):,} forwards for clean and target predictions)")
+        print(
+            f"  {name:<14} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 "
+            f"steps={spec['steps']} "
+            f"random_start={attack.random_start}  ~{passes} passes/image  {params}"
+        )
+    print(
+        f"\nestimated: about {total:,} image forward+backward passes on the sources "
+        f"(+ {limit * len(names) * (1 + len(cfg['attacks'])):,} forwards for clean and target predictions)"
+    )
     if missing:
         print(f"\nmissing weights: {', '.join(missing)} — `transferlab models` says how to obtain them")
         return 1

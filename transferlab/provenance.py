@@ -8,7 +8,17 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("transferlab", "torch", "torchvision", "timm", "numpy", "pandas", "matplotlib", "pillow", "PyYAML")
+PACKAGES = (
+    "transferlab",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pandas",
+    "matplotlib",
+    "pillow",
+    "PyYAML",
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -30,7 +40,11 @@ def git_commit(path: str | Path | None = None) -> dict[str, object]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return {"commit": commit, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):

@@ -24,16 +24,26 @@ def test_best_step_cannot_exceed_any_step_oracle():
 
 
 def test_summarise_rates_and_best_step_rows():
-    records = pd.DataFrame({
-        "image_id": ["a", "b", "c", "a", "b", "c"],
-        "attack": "pgd", "method": "pgd", "source": "s",
-        "target": ["s", "s", "s", "t", "t", "t"],
-        "target_clean_correct": [True, True, True, True, False, True],
-        "fooled": [True, True, False, True, True, False],
-    })
+    records = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "a", "b", "c"],
+            "attack": "pgd",
+            "method": "pgd",
+            "source": "s",
+            "target": ["s", "s", "s", "t", "t", "t"],
+            "target_clean_correct": [True, True, True, True, False, True],
+            "fooled": [True, True, False, True, True, False],
+        }
+    )
     attacks = {"pgd": {"norm": "linf", "eps": 4, "alpha": 1, "steps": 2}}
-    steps = pd.DataFrame({"image_id": ["a", "c", "a", "c"], "step": [1, 1, 2, 2], "target": "t",
-                          "fooled": [False, True, True, False]})
+    steps = pd.DataFrame(
+        {
+            "image_id": ["a", "c", "a", "c"],
+            "step": [1, 1, 2, 2],
+            "target": "t",
+            "fooled": [False, True, True, False],
+        }
+    )
     res = summarise(records, attacks, {("pgd", "s"): steps}).set_index(["target", "metric"])
     assert res.loc[("s", "transfer_success"), "success_rate"] == pytest.approx(2 / 3)
     assert res.loc[("t", "transfer_success"), "n"] == 2  # over the images t gets right clean

@@ -145,7 +145,9 @@ class Attack:
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if eps < 0 or alpha <= 0 or steps < 0:
-            raise ValueError(f"need eps >= 0, alpha > 0, steps >= 0; got eps={eps}, alpha={alpha}, steps={steps}")
+            raise ValueError(
+                f"need eps >= 0, alpha > 0, steps >= 0; got eps={eps}, alpha={alpha}, steps={steps}"
+            )
         self.components = sorted(components, key=lambda c: c.order)
         self.eps, self.alpha, self.steps, self.norm = float(eps), float(alpha), int(steps), norm
         if random_start is None:

@@ -59,7 +59,9 @@ def resolve_component(name: str) -> type[Component]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigError(f"cannot import plug-in module {module_name!r} for component {name!r}: {exc}") from exc
+            raise ConfigError(
+                f"cannot import plug-in module {module_name!r} for component {name!r}: {exc}"
+            ) from exc
         cls = getattr(module, attr, None)
         if not (isinstance(cls, type) and issubclass(cls, Component)):
             raise ConfigError(f"{name!r} does not name a transferlab Component subclass")
@@ -100,7 +102,8 @@ def make_component(name: str, params: Mapping[str, Any] | None = None, where: st
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(
-                    f"{where}unknown parameter {key!r} for component {name!r}{hint}; allowed: {sorted(fields)}"
+                    f"{where}unknown parameter {key!r} for component {name!r}{hint}; "
+                    f"allowed: {sorted(fields)}"
                 )
     elif params:
         raise ConfigError(f"{where}component {name!r} takes no parameters, got {sorted(params)}")

@@ -43,7 +43,7 @@ def markdown_table(results: pd.DataFrame, metric: str, reference: dict | None = 
             lines.append(f"| {attack} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
             ref = (reference or {}).get(attack)
             if isinstance(ref, dict):
-                lines.append(f"| ↳ paper | " + " | ".join(str(ref.get(t, "")) for t in targets) + " |")
+                lines.append("| ↳ paper | " + " | ".join(str(ref.get(t, "")) for t in targets) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -97,8 +97,9 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
     """Grouped bars: one group per target, one bar per attack, 95% intervals as error bars."""
     sub = results[results.metric == "transfer_success"]
     sources = list(dict.fromkeys(sub.source))
-    fig, axes = plt.subplots(1, len(sources), figsize=(max(6, 1.6 * sub.target.nunique() * len(sources) + 3), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(sources), figsize=(max(6, 1.6 * sub.target.nunique() * len(sources) + 3), 4), squeeze=False
+    )
     for ax, source in zip(axes[0], sources):
         group = sub[sub.source == source]
         targets = list(dict.fromkeys(group.target))
@@ -107,7 +108,9 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
         for k, attack in enumerate(attacks):
             rows = group[group.attack == attack].set_index("target").reindex(targets)
             xs = np.arange(len(targets)) + (k - (len(attacks) - 1) / 2) * width
-            err = np.clip(np.vstack([rows.success_rate - rows.ci_low, rows.ci_high - rows.success_rate]), 0, None)
+            err = np.clip(
+                np.vstack([rows.success_rate - rows.ci_low, rows.ci_high - rows.success_rate]), 0, None
+            )
             ax.bar(xs, rows.success_rate, width, yerr=err, capsize=2, label=attack)
         ax.set_xticks(range(len(targets)))
         ax.set_xticklabels([f"{t}\n(white-box)" if t == source else t for t in targets], fontsize=8)
@@ -132,13 +135,19 @@ def cost_table(exp) -> pd.DataFrame:
     rows = []
     for job in exp.jobs():
         meta = json.loads((exp.adv_dir(job) / "job.json").read_text())
-        rows.append({
-            "attack": job.attack, "source": job.source, "images": meta["images"], "steps": meta["steps"],
-            "seconds": meta["seconds"], "s_per_image_step": meta["seconds_per_image_step"],
-            "forwards_per_image_step": meta["forwards_per_image_step"],
-        })
+        rows.append(
+            {
+                "attack": job.attack,
+                "source": job.source,
+                "images": meta["images"],
+                "steps": meta["steps"],
+                "seconds": meta["seconds"],
+                "s_per_image_step": meta["seconds_per_image_step"],
+                "forwards_per_image_step": meta["forwards_per_image_step"],
+            }
+        )
     frame = pd.DataFrame(rows)
-    for source, group in frame.groupby("source"):
+    for _, group in frame.groupby("source"):
         base = group[group.attack == "pgd"]
         if len(base):
             frame.loc[group.index, "cost_vs_pgd"] = group.s_per_image_step / base.s_per_image_step.iloc[0]
@@ -164,7 +173,9 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
         "device": str(exp.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "images_scanned": exp.scanned,
-        "images_attacked": {s: int(records[records.source == s].image_id.nunique()) for s in records.source.unique()},
+        "images_attacked": {
+            s: int(records[records.source == s].image_id.nunique()) for s in records.source.unique()
+        },
         "skipped_files": [list(s) for s in exp.dataset.skipped],
         "timings": exp.timings,
         "jobs": costs.to_dict(orient="records"),

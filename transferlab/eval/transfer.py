@@ -13,15 +13,33 @@ import pandas as pd
 from transferlab.eval.stats import wilson_interval
 
 RESULT_COLUMNS = [
-    "attack", "method", "source", "target", "white_box", "norm", "eps", "alpha", "steps", "metric",
-    "n", "successes", "success_rate", "ci_low", "ci_high",
+    "attack",
+    "method",
+    "source",
+    "target",
+    "white_box",
+    "norm",
+    "eps",
+    "alpha",
+    "steps",
+    "metric",
+    "n",
+    "successes",
+    "success_rate",
+    "ci_low",
+    "ci_high",
 ]
 
 
 def rate_row(successes: int, n: int) -> dict:
     lo, hi = wilson_interval(successes, n)
-    return {"n": n, "successes": successes, "success_rate": successes / n if n else float("nan"),
-            "ci_low": lo, "ci_high": hi}
+    return {
+        "n": n,
+        "successes": successes,
+        "success_rate": successes / n if n else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+    }
 
 
 BEST_STEP = "best_step_loo_target_informed"
@@ -50,12 +68,20 @@ def summarise(records: pd.DataFrame, attacks: dict[str, dict], steps: dict | Non
     for (attack, source, target), group in records.groupby(keys, sort=False):
         spec = attacks[attack]
         base = {
-            "attack": attack, "method": group.method.iloc[0], "source": source, "target": target,
-            "white_box": bool(source == target), "norm": spec["norm"], "eps": spec["eps"],
-            "alpha": spec["alpha"], "steps": spec["steps"],
+            "attack": attack,
+            "method": group.method.iloc[0],
+            "source": source,
+            "target": target,
+            "white_box": bool(source == target),
+            "norm": spec["norm"],
+            "eps": spec["eps"],
+            "alpha": spec["alpha"],
+            "steps": spec["steps"],
         }
         correct = group[group.target_clean_correct]
-        rows.append({**base, "metric": "transfer_success", **rate_row(int(correct.fooled.sum()), len(correct))})
+        rows.append(
+            {**base, "metric": "transfer_success", **rate_row(int(correct.fooled.sum()), len(correct))}
+        )
         rows.append({**base, "metric": "error_rate", **rate_row(int(group.fooled.sum()), len(group))})
         per_step = (steps or {}).get((attack, source))
         if per_step is not None:

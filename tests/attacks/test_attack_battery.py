@@ -31,6 +31,17 @@ except ImportError:  # pragma: no cover - minimal stand-in until the eval packag
 
 
 SIZE = 16
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models: one intra-op thread. With two, a busy second core makes every op wait (measured 80x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 EPS = {"linf": 8 / 255, "l2": 0.5}
 STEPS = 3
 COMPOSITIONS = ["pgd", "mi+sgm+ir", "hybrid_ir", "vni", "di+ti+mi"]

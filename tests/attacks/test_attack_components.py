@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_attack_battery import Block, TinyResNet, tiny_batch  # noqa: E402
+from test_attack_battery import Block, TinyResNet, single_thread, tiny_batch  # noqa: E402, F401 (autouse)
 
 from transferlab.attacks.base import Attack, AttackContext  # noqa: E402
 from transferlab.attacks.input_diversity import InputDiversity  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_attack_battery import TinyResNet, check_attack, tiny_batch  # noqa: E402
+from test_attack_battery import TinyResNet, check_attack, single_thread, tiny_batch  # noqa: E402, F401 (autouse)
 
 from transferlab.attacks.registry import COMPONENTS, build_attack  # noqa: E402
 

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         (
             "vmi",
             "vmi",
-            {"vmi": {"neighbours": 20, "beta": 1.5}},
+            {"vt": {"neighbours": 20, "beta": 1.5}},
             lambda: torchattacks.VMIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0, N=20, beta=1.5),
         ),
         (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from transferlab.experiment import auto_max_forward, loop_units
@@ -77,8 +76,7 @@ def print_plan(cfg: dict, out: Path) -> int:
             max_forward=spec["max_forward"] or auto_max_forward(data.resolution),
             name=name,
         )
-        per_step = math.prod(c.batch_multiplier() for c in attack.components)
-        passes = per_step * attack.steps
+        passes = attack.passes_per_step() * attack.steps
         total += passes * limit * len(cfg["models"]["sources"])
         params = {c.name: c.params() for c in attack.components}
         print(

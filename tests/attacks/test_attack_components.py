@@ -131,13 +131,13 @@ class Recorder:
 
 def test_vmi_uses_previous_variance_and_samples_the_box():
     model, (x, y) = TinyResNet(), tiny_batch(3)
-    attack = build_attack("vmi", eps=EPS, alpha=ALPHA, steps=2)  # mi + vmi
+    attack = build_attack("vmi", eps=EPS, alpha=ALPHA, steps=2)  # mi + vt
     vmi = next(c for c in attack.components if isinstance(c, VarianceTuning))
     ctx = context(model, x, y)
     vmi.setup(ctx)
     rec = Recorder(attack)
     x0 = x.clone()
-    vmi.lookahead(x0, ctx)
+    ctx.x_adv = x0
     grad0 = ce_grad(model, x0, y)
     out0 = vmi.refine(grad0, x0, rec, ctx)
     assert torch.equal(out0, grad0)  # v_0 = 0
@@ -152,7 +152,7 @@ def test_vmi_uses_previous_variance_and_samples_the_box():
     v1 = ce_grad(model, points, y.repeat(n)).view(n, *x.shape).mean(0) - grad0
     # next step: gradient + the variance of the previous step
     x1 = (x0 + ALPHA * grad0.sign()).clamp(0, 1)
-    vmi.lookahead(x1, ctx)
+    ctx.x_adv = x1
     grad1 = ce_grad(model, x1, y)
     out1 = vmi.refine(grad1, x1, rec, ctx)
     torch.testing.assert_close(out1, grad1 + v1)
@@ -181,7 +181,7 @@ def test_vni_neighbours_around_the_adversarial_image_not_the_lookahead():
 def test_vmi_attack_equals_hand_loop():
     model, (x, y) = TinyResNet(), tiny_batch(2)
     keys, seed, n, beta = ["a", "b"], 3, 5, 1.5
-    params = {"vmi": {"neighbours": n, "beta": beta}}
+    params = {"vt": {"neighbours": n, "beta": beta}}
     adv = build_attack("vmi", params, eps=EPS, alpha=ALPHA, steps=3, seed=seed).run(model, x, y, keys=keys)
     streams = ImageStreams.for_keys(seed, keys)
     delta, g, v = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
@@ -340,7 +340,7 @@ def test_sgm_rejects_models_without_residual_blocks():
 
 @pytest.mark.parametrize(
     "arch,blocks",
-    [("resnet18", 8), ("tf_efficientnet_lite0", 9), ("cifar_resnet20_A", 9), ("cifar_resnet20_B", 9)],
+    [("resnet18", 5), ("tf_efficientnet_lite0", 9), ("cifar_resnet20_A", 7), ("cifar_resnet20_B", 7)],
 )
 def test_sgm_real_architectures(arch, blocks):
     import warnings
@@ -553,7 +553,8 @@ def test_ir_official_cost_and_clean_scores_once():
     counting = CountingModel(model, x)
     attack = build_attack("ir", {"ir": {"masks": k}}, eps=EPS, alpha=ALPHA, steps=steps, random_start=True)
     attack.run(counting, x, y)
-    assert attack.components[0].batch_multiplier() == 2 * k + 1
+    assert attack.components[0].extra_forwards() == 2 * k + 1
+    assert attack.passes_per_step() == 1 + 2 * k + 1 and attack.inputs_per_image() == 2 * k + 1
     assert attack.forwards_per_step() == pytest.approx(2 * k + 1 + 1 / steps)  # + the one-off clean forward
     assert (
         counting.calls == [3] + [3, 3 * 2 * k] * steps
@@ -565,8 +566,8 @@ def test_ir_official_cost_and_clean_scores_once():
     attack.run(counting, x, y)
     assert counting.calls == [3] + [3, 3 * (2 * k + 1)] * steps
     pairwise = make_component("ir", {"variant": "pairwise", "grid": 4})
-    assert pairwise.batch_multiplier() == 2 * 16 + 1
-    assert make_component("ir", {"variant": "pairwise", "players": 5}).batch_multiplier() == 11
+    assert pairwise.extra_forwards() == 2 * 16 + 1
+    assert make_component("ir", {"variant": "pairwise", "players": 5}).extra_forwards() == 11
     assert not build_attack("mi+ir", eps=EPS, alpha=ALPHA, steps=1).random_start
 
 

@@ -49,6 +49,7 @@ class AttackContext:
     streams: ImageStreams
     step: int = 0
     forwards: int = 0  # images passed through the model so far (cost accounting)
+    x_adv: torch.Tensor | None = None  # the current adversarial image x + δ (before any look-ahead)
     state: dict[str, Any] = field(default_factory=dict)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -59,6 +60,15 @@ class AttackContext:
     @property
     def batch(self) -> int:
         return self.x.shape[0]
+
+    def draw_rows(
+        self, kind: str, rows: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Per-image random draws for a copy-major batch of rows = k·B: (rows, *shape), row c·B + b from
+        image b's own stream, so no row depends on another image. kind: 'rand' or 'randn'."""
+        k = rows_per_image(rows, self)
+        draw = self.streams.randn if kind == "randn" else self.streams.rand
+        return draw(k, *shape, dtype=dtype).transpose(0, 1).reshape(rows, *shape)
 
 
 class Component:
@@ -74,8 +84,17 @@ class Component:
     default_random_start: ClassVar[bool | None] = None
 
     def batch_multiplier(self) -> int:
-        """How many model inputs per image this component adds per gradient (for memory budgeting)."""
+        """Factor on the data term's model batch (VR: copies; VT: its neighbour call). Sizes micro-batches."""
         return 1
+
+    def cost_multiplier(self) -> float:
+        """Factor on the data term's forward+backward passes per step (VT: 1 + N neighbours)."""
+        return float(self.batch_multiplier())
+
+    def extra_forwards(self) -> int:
+        """Model inputs per image per step sent outside the data term (IR: its masked batch)."""
+        return 0
+
 
     def setup(self, ctx: AttackContext) -> None:
         """Once per batch, before the first step (register hooks, cache constants)."""
@@ -185,8 +204,7 @@ class Attack:
             raise ValueError(f"expected x (B,C,H,W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
         keys = list(range(x.shape[0])) if keys is None else list(keys)
         streams = ImageStreams.for_keys(self.seed, keys, *scope, device=x.device)
-        per_image = math.prod(c.batch_multiplier() for c in self.components)
-        micro = max(1, self.max_forward // max(1, per_image))
+        micro = max(1, self.max_forward // self.inputs_per_image())
         out = torch.empty_like(x)
         self.forwards_total = 0
         for start in range(0, x.shape[0], micro):
@@ -217,7 +235,7 @@ class Attack:
 
     # ------------------------------------------------------------------ template steps
     def step(self, delta: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-        point = ctx.x + delta
+        point = ctx.x_adv = ctx.x + delta
         for c in self.components:
             point = c.lookahead(point, ctx)
         grad = self.gradient(point, ctx)
@@ -292,6 +310,16 @@ class Attack:
         return (ctx.x + delta).clamp(0, 1) - ctx.x
 
     # ------------------------------------------------------------------ introspection
+    def inputs_per_image(self) -> int:
+        """Peak model inputs per image in one forward: the data term's copies or a component's extra batch."""
+        data = math.prod(c.batch_multiplier() for c in self.components)
+        return max(1, data, *(c.extra_forwards() for c in self.components))
+
+    def passes_per_step(self) -> float:
+        """Planned forward(+backward) passes per image per step."""
+        data = math.prod(c.cost_multiplier() for c in self.components)
+        return data + sum(c.extra_forwards() for c in self.components)
+
     def forwards_per_step(self) -> float | None:
         """Images forwarded per image per step in the last micro-batch (cost accounting, includes
         one-off forwards such as IR's clean logits spread over the steps)."""
@@ -299,6 +327,13 @@ class Attack:
         if ctx is None or self.steps == 0:
             return None
         return ctx.forwards / (ctx.batch * self.steps)
+
+
+def rows_per_image(rows: int, ctx: AttackContext) -> int:
+    """k for a copy-major batch of k·B rows (row c·B + b belongs to image b)."""
+    if rows % ctx.batch:
+        raise ValueError(f"{rows} rows is not a multiple of the batch of {ctx.batch} images")
+    return rows // ctx.batch
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ import torch
 
 from transferlab.attacks.base import AttackContext, Component
 from transferlab.attacks.registry import register
-from transferlab.attacks.variance_reduction import draw_rows
 from transferlab.errors import ConfigError
 
 
@@ -62,7 +61,7 @@ class InputDiversity(Component):
 
     def draws(self, rows: int, h: int, w: int, ctx: AttackContext) -> tuple[torch.Tensor, ...]:
         """(apply, height, width, top, left) per row; four uniforms per row from its image's stream."""
-        u = draw_rows("rand", rows, (4,), ctx, dtype=torch.float64).to(ctx.x.device)
+        u = ctx.draw_rows("rand", rows, (4,), dtype=torch.float64).to(ctx.x.device)
         out_h, out_w = padded_size(h, self.resize_rate), padded_size(w, self.resize_rate)
         apply = u[:, 0] < self.p
         height = h + (u[:, 1] * (out_h - h)).long()

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from transferlab.attacks.base import AttackContext, Component
+from transferlab.attacks.base import AttackContext, Component, rows_per_image
 from transferlab.attacks.registry import register
-from transferlab.attacks.variance_reduction import rows_per_image
 from transferlab.errors import ConfigError
 from transferlab.interaction.players import coalition_masks, grid_cells, grid_masks
 from transferlab.interaction.scores import logodds, margin, other_class
@@ -47,14 +46,15 @@ def attack_score(name: str, logits: torch.Tensor, y: torch.Tensor, other: torch.
 @dataclass
 class InteractionReduction(Component):
     """IR: objective CE − lam·Î. variant official|pairwise|control; grid g (None: 16 if H ≥ 128 else 8);
-    cells m per mask (None: 32 on a 16-grid, g²//4 otherwise); masks K (32); players |P| (None: all n)."""
+    cells m per mask (None: 32 on a 16-grid, g²//4 otherwise); masks K (32); players |P| for pairwise
+    (32: the cost of `official` with K=32; None or >= n: all n cells)."""
 
     variant: str = "official"
     lam: float = 1.0
     grid: int | None = None
     cells: int | None = None
     masks: int = 32
-    players: int | None = None
+    players: int | None = 32
     score: str = "margin"
 
     order = 70
@@ -91,7 +91,8 @@ class InteractionReduction(Component):
             n = (self.grid if self.grid is not None else 16) ** 2
         return n if self.players is None else min(self.players, n)
 
-    def batch_multiplier(self) -> int:
+    def extra_forwards(self) -> int:
+        """2 masked inputs per coalition, plus the full input when the data term's logits are not reusable."""
         return 2 * self.coalitions_per_image() + 1
 
     # ------------------------------------------------------------------ hooks
@@ -107,8 +108,6 @@ class InteractionReduction(Component):
             raise ValueError(
                 f"{self.name}: pairwise interaction needs at least 2 players, got a {g}x{g} grid"
             )
-        if self.variant == "pairwise" and self.players is not None and self.players > n:
-            raise ValueError(f"{self.name}: players={self.players} exceeds the {n} cells of a {g}x{g} grid")
         with torch.no_grad():
             ctx.state[self._key("clean_logits")] = ctx.forward(ctx.x).detach()
         ctx.state[self._key("cells")] = cells

@@ -24,8 +24,8 @@ BASE_NAMES = ("pgd", "ifgsm", "i-fgsm", "bim")
 
 PRESETS: dict[str, list[str]] = {
     "hybrid_ir": ["mi", "vr", "sgm", "ir"],
-    "vmi": ["mi", "vmi"],
-    "vni": ["ni", "vmi"],
+    "vmi": ["mi", "vt"],
+    "vni": ["ni", "vt"],
 }
 
 

@@ -11,9 +11,11 @@ Blocks recognised (in ``ctx.model.net`` if the model has ``.net``, else in the m
 - timm EfficientNet/MobileNet blocks with ``has_skip`` True: ``DepthwiseSeparableConv`` (entry ``conv_dw``),
   ``InvertedResidual`` and ``CondConvResidual`` (entry ``conv_pw``), ``EdgeResidual`` (``conv_exp``),
   ``ConvBnAct`` (``conv``); ``conv_s2d`` instead when a block has one. Blocks without a skip are left alone.
-- any other block with a ``conv1`` module and a ``shortcut`` or ``downsample`` attribute (timm and
-  torchvision ``BasicBlock``/``Bottleneck``, the CIFAR ResNets of `transferlab.archs.cifar_resnet`, both
-  options): entry ``conv1``.
+- any other block with a ``conv1`` module and an identity skip (a ``shortcut`` or ``downsample``
+  attribute that is None or ``nn.Identity``: timm and torchvision ``BasicBlock``/``Bottleneck``, the CIFAR
+  ResNets of `transferlab.archs.cifar_resnet`, both options): entry ``conv1``. Blocks whose skip is a
+  projection or a zero-padding subsample (the first block of a stage) are left alone, as the reference
+  implementation leaves each stage's first block alone: SGM's decomposition assumes an identity skip.
 
 A model with none of these (e.g. ShuffleNet) raises a ValueError naming it.
 """
@@ -54,7 +56,9 @@ def branch_entry(block: nn.Module) -> nn.Module | None:
         return entry if isinstance(entry, nn.Module) else None
     conv1 = getattr(block, "conv1", None)
     if isinstance(conv1, nn.Module) and (hasattr(block, "shortcut") or hasattr(block, "downsample")):
-        return conv1
+        skip = getattr(block, "shortcut", None) or getattr(block, "downsample", None)
+        if skip is None or isinstance(skip, nn.Identity):
+            return conv1
     return None
 
 

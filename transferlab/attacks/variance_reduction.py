@@ -12,24 +12,6 @@ from transferlab.attacks.registry import register
 from transferlab.errors import ConfigError
 
 
-def rows_per_image(rows: int, ctx: AttackContext) -> int:
-    """k for a copy-major batch of k·B rows (row c·B + b belongs to image b)."""
-    if rows % ctx.batch:
-        raise ValueError(f"{rows} rows is not a multiple of the batch of {ctx.batch} images")
-    return rows // ctx.batch
-
-
-def draw_rows(
-    kind: str, rows: int, shape: tuple[int, ...], ctx: AttackContext, dtype=torch.float32
-) -> torch.Tensor:
-    """Per-image draws for a copy-major batch of `rows` = k·B rows: (rows, *shape); row c·B + b comes
-    from image b's stream, so no row depends on another image."""
-    k = rows_per_image(rows, ctx)
-    draw = ctx.streams.randn if kind == "randn" else ctx.streams.rand
-    out = draw(k, *shape, dtype=dtype)  # (B, k, *shape)
-    return out.transpose(0, 1).reshape(rows, *shape)
-
-
 @register("vr")
 @dataclass
 class VarianceReduction(Component):
@@ -51,5 +33,5 @@ class VarianceReduction(Component):
 
     def expand(self, points: torch.Tensor, ctx: AttackContext) -> tuple[torch.Tensor, int]:
         m, rows = self.copies, points.shape[0]
-        noise = draw_rows("randn", m * rows, tuple(points.shape[1:]), ctx, dtype=points.dtype)
+        noise = ctx.draw_rows("randn", m * rows, tuple(points.shape[1:]), dtype=points.dtype)
         return points.repeat(m, 1, 1, 1) + (self.sigma / 255.0) * noise, m

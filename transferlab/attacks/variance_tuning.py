@@ -1,4 +1,4 @@
-"""Variance tuning (Wang & He, CVPR 2021): the `vmi` component; presets `vmi` = mi+vmi, `vni` = ni+vmi.
+"""Variance tuning (Wang & He, CVPR 2021): the `vt` component; presets `vmi` = mi+vt, `vni` = ni+vt.
 
 At step t the gradient used is ∇_t + v_t, where v_t comes from the previous step (v_0 = 0), then
 
@@ -21,7 +21,7 @@ from transferlab.attacks.registry import register
 from transferlab.errors import ConfigError
 
 
-@register("vmi")
+@register("vt")
 @dataclass
 class VarianceTuning(Component):
     """Variance tuning: ∇ + v with v = mean neighbour gradient − gradient, from the previous step.
@@ -32,7 +32,6 @@ class VarianceTuning(Component):
     neighbours: int = 20
     beta: float = 1.5
 
-    # lookahead: before NI (60), to record the current adversarial image x_t around which neighbours lie
     order = 20
 
     def __post_init__(self) -> None:
@@ -44,6 +43,9 @@ class VarianceTuning(Component):
     def batch_multiplier(self) -> int:
         return self.neighbours
 
+    def cost_multiplier(self) -> float:
+        return 1.0 + self.neighbours
+
     def _key(self, what: str) -> str:
         return f"{self.name}:{what}"
 
@@ -52,11 +54,6 @@ class VarianceTuning(Component):
 
     def teardown(self, ctx: AttackContext) -> None:
         ctx.state.pop(self._key("variance"), None)
-        ctx.state.pop(self._key("x_adv"), None)
-
-    def lookahead(self, point: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-        ctx.state[self._key("x_adv")] = point.detach()
-        return point
 
     def half_width(self, ctx: AttackContext) -> float:
         """Half-width of the uniform neighbourhood box, in [0,1] pixel units."""
@@ -75,7 +72,7 @@ class VarianceTuning(Component):
         self, grad: torch.Tensor, point: torch.Tensor, attack: Attack, ctx: AttackContext
     ) -> torch.Tensor:
         out = grad + ctx.state[self._key("variance")]
-        centre = ctx.state.get(self._key("x_adv"), point)
+        centre = point if ctx.x_adv is None else ctx.x_adv.detach()
         n = self.neighbours
         points = centre.repeat(n, 1, 1, 1) + self.neighbour_offsets(ctx)
         g = attack.loss_gradient(points, ctx.y.repeat(n), ctx, regularise=False)

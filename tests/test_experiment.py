@@ -241,3 +241,32 @@ def test_best_step_metric_is_recorded_and_labelled(tmp_path, tiny_models):
         records[records.attack == "pgd"], on=["image_id", "target"], suffixes=("_step", "")
     )
     assert len(final) and (final.fooled_step == final.fooled).all()
+
+
+def test_plugin_runs_in_transferlab_run(tmp_path, tiny_models, monkeypatch):
+    """docs/plugins.md §5: a component in the researcher's own file, named by import path in a config."""
+    import re
+    import sys
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", guide, flags=re.S) if b.startswith("# my_pkg/")]
+    pkg = tmp_path / "plug" / "my_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "my_attack.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    path = "my_pkg.my_attack:GradientNoise"
+    config = write_config(tmp_path, attacks={"pgd": {"method": "pgd"},
+                                             "my_attack": {"method": f"mi+{path}", path: {"sigma": 0.2}}})
+    try:
+        assert cli.main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    finally:
+        from transferlab.attacks.registry import COMPONENTS
+
+        COMPONENTS.pop("gradnoise", None)
+        for name in [m for m in sys.modules if m.startswith("my_pkg")]:
+            del sys.modules[name]
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert set(results.attack) == {"pgd", "my_attack"}
+    meta = json.loads((tmp_path / "run" / "adv" / "my_attack" / "tiny_a" / "job.json").read_text())
+    assert meta["spec"]["params"] == {path: {"sigma": 0.2}}

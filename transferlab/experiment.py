@@ -310,7 +310,7 @@ class Experiment:
             adv = attack.run(
                 model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook
             )
-            meta["seconds"] += time.perf_counter() - t0
+            meta["seconds"] += time.perf_counter() - t0 - (hook.seconds if hook else 0.0)
             if step_rows is not None:
                 atomic_write_csv(
                     self.out / "steps" / job.attack / job.source / f"{chunk[0].image_id}.csv",
@@ -340,6 +340,11 @@ class Experiment:
         def hook(t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
             if t % every and t != attack.steps:
                 return
+            t0 = time.perf_counter()
+            record(t, x_adv, index)
+            hook.seconds += time.perf_counter() - t0
+
+        def record(t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
             q = quantize(x[index], x_adv, attack.eps, attack.norm)
             with torch.no_grad():
                 for name in targets:
@@ -349,6 +354,7 @@ class Experiment:
                         for i, f in zip(index.tolist(), fooled)
                     )
 
+        hook.seconds = 0.0
         return hook, rows
 
     def step_records(self, job: Job) -> pd.DataFrame | None:

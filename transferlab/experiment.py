@@ -77,6 +77,23 @@ def auto_max_forward(resolution: int) -> int:
     return int(max(8, min(256, 2**20 // (resolution * resolution))))
 
 
+def attack_from_spec(name: str, spec: dict, resolution: int, seed: int):
+    """The attack a validated config entry describes, at the run's attack resolution."""
+    eps, alpha = loop_units(spec, resolution)
+    return build_attack(
+        spec["method"],
+        spec["params"],
+        eps=eps,
+        alpha=alpha,
+        steps=spec["steps"],
+        norm=spec["norm"],
+        random_start=spec["random_start"],
+        seed=seed,
+        max_forward=spec["max_forward"] or auto_max_forward(resolution),
+        name=name,
+    )
+
+
 class Experiment:
     """Runs a validated config into `out_dir`."""
 
@@ -128,20 +145,7 @@ class Experiment:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def build(self, job: Job):
-        spec = job.spec
-        eps, alpha = loop_units(spec, self.resolution)
-        return build_attack(
-            spec["method"],
-            spec["params"],
-            eps=eps,
-            alpha=alpha,
-            steps=spec["steps"],
-            norm=spec["norm"],
-            random_start=spec["random_start"],
-            seed=self.cfg["seed"],
-            max_forward=spec["max_forward"] or auto_max_forward(self.resolution),
-            name=job.attack,
-        )
+        return attack_from_spec(job.attack, job.spec, self.resolution, self.cfg["seed"])
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

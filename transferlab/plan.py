@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferlab.experiment import auto_max_forward, loop_units
+from transferlab.experiment import attack_from_spec
 
 
 def timm_weights_status(name: str) -> tuple[bool | None, str]:
@@ -32,7 +32,6 @@ def timm_weights_status(name: str) -> tuple[bool | None, str]:
 
 
 def print_plan(cfg: dict, out: Path) -> int:
-    from transferlab.attacks.registry import build_attack
     from transferlab.data import open_dataset
     from transferlab.models import list_models
 
@@ -63,29 +62,17 @@ def print_plan(cfg: dict, out: Path) -> int:
     print("\njobs (attack x source), forward+backward passes per image:")
     total = 0
     for name, spec in cfg["attacks"].items():
-        eps, alpha = loop_units(spec, data.resolution)
-        attack = build_attack(
-            spec["method"],
-            spec["params"],
-            eps=eps,
-            alpha=alpha,
-            steps=spec["steps"],
-            norm=spec["norm"],
-            random_start=spec["random_start"],
-            seed=cfg["seed"],
-            max_forward=spec["max_forward"] or auto_max_forward(data.resolution),
-            name=name,
-        )
+        attack = attack_from_spec(name, spec, data.resolution, cfg["seed"])
         passes = attack.passes_per_step() * attack.steps
         total += passes * limit * len(cfg["models"]["sources"])
         params = {c.name: c.params() for c in attack.components}
         print(
             f"  {name:<14} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 "
             f"steps={spec['steps']} "
-            f"random_start={attack.random_start}  ~{passes} passes/image  {params}"
+            f"random_start={attack.random_start}  ~{passes:g} passes/image  {params}"
         )
     print(
-        f"\nestimated: about {total:,} image forward+backward passes on the sources "
+        f"\nestimated: about {int(total):,} image forward+backward passes on the sources "
         f"(+ {limit * len(names) * (1 + len(cfg['attacks'])):,} forwards for clean and target predictions)"
     )
     if missing:

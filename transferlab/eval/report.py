@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from transferlab.eval.compare import gains_markdown, gains_over  # noqa: E402
 from transferlab.eval.transfer import summarise  # noqa: E402
 from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
 from transferlab.provenance import provenance  # noqa: E402
@@ -48,7 +49,7 @@ def markdown_table(results: pd.DataFrame, metric: str, reference: dict | None = 
     return "\n".join(lines)
 
 
-def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame) -> str:
+def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame, gains: pd.DataFrame) -> str:
     parts = [
         f"# {cfg['name']}\n",
         cfg.get("description", "").strip() + "\n" if cfg.get("description") else "",
@@ -57,6 +58,7 @@ def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame) -> str
         "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
         "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n",
         markdown_table(results, "transfer_success", cfg.get("reference")),
+        gains_section(gains),
         best_step_section(results),
         "\n## Error rate over all attacked images\n",
         markdown_table(results, "error_rate"),
@@ -67,6 +69,17 @@ def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame) -> str
         "",
     ]
     return "\n".join(p for p in parts if p is not None)
+
+
+def gains_section(gains: pd.DataFrame) -> str:
+    if gains.empty:
+        return ""
+    return (
+        f"\n## Gain over {gains.baseline.iloc[0]}\n\nDifference in transfer success on the same images "
+        "(those the target classifies correctly clean), percentage points, 95% paired bootstrap interval "
+        f"over images ({gains.n_boot.iloc[0]} resamples). An interval containing 0: no gain shown here.\n\n"
+        + gains_markdown(gains)
+    )
 
 
 def best_step_section(results: pd.DataFrame) -> str:
@@ -164,7 +177,9 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
     atomic_write_csv(out / "results.csv", results)
     costs = cost_table(exp)
     atomic_write_csv(out / "costs.csv", costs)
-    atomic_write_text(out / "table.md", table_markdown(results, cfg, costs))
+    gains = gains_over(records, baseline="pgd", seed=cfg["seed"])
+    atomic_write_csv(out / "gains.csv", gains)
+    atomic_write_text(out / "table.md", table_markdown(results, cfg, costs, gains))
     transfer_plot(results, out / "transfer.png", cfg["name"])
     manifest = {
         "config": cfg,

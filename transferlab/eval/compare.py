@@ -1,0 +1,70 @@
+"""Gains of each attack over a baseline attack on the same images, with paired bootstrap intervals.
+
+Both attacks are run on the same images, so their transfer outcomes are paired: the interval of the
+difference comes from resampling images (not from two independent Wilson intervals, which would be too
+wide when the outcomes are correlated).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+GAIN_COLUMNS = ["attack", "baseline", "source", "target", "white_box", "n", "rate", "baseline_rate",
+                "gain", "ci_low", "ci_high", "n_boot"]
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) − mean(b) for paired 0/1 outcomes, with a 95% percentile bootstrap interval over pairs."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
+    boots = diff[idx].mean(1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def gains_over(records: pd.DataFrame, baseline: str = "pgd", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Transfer-success gain of every attack over `baseline`, per source and target, over the images the
+    target classifies correctly when clean (the same images for both attacks)."""
+    rows = []
+    if baseline not in set(records.attack):
+        return pd.DataFrame(columns=GAIN_COLUMNS)
+    correct = records[records.target_clean_correct]
+    for (source, target), group in correct.groupby(["source", "target"], sort=False):
+        table = group.pivot_table(index="image_id", columns="attack", values="fooled", aggfunc="first")
+        if baseline not in table:
+            continue
+        for attack in dict.fromkeys(group.attack):
+            if attack == baseline:
+                continue
+            pair = table[[attack, baseline]].dropna().astype(float)
+            gain, lo, hi = paired_gain(pair[attack].to_numpy(), pair[baseline].to_numpy(), n_boot, seed)
+            rows.append({
+                "attack": attack, "baseline": baseline, "source": source, "target": target,
+                "white_box": source == target, "n": len(pair), "rate": pair[attack].mean(),
+                "baseline_rate": pair[baseline].mean(), "gain": gain, "ci_low": lo, "ci_high": hi,
+                "n_boot": n_boot,
+            })
+    return pd.DataFrame(rows, columns=GAIN_COLUMNS)
+
+
+def gains_markdown(gains: pd.DataFrame) -> str:
+    """Attack rows x target columns of 'gain [95% CI]' in percentage points."""
+    if gains.empty:
+        return ""
+    lines = []
+    for source, group in gains.groupby("source", sort=False):
+        targets = list(dict.fromkeys(group.target))
+        heads = [f"{t} (white-box)" if t == source else t for t in targets]
+        lines += [f"**source: {source}**, gain over {group.baseline.iloc[0]} in points\n",
+                  "| attack | " + " | ".join(heads) + " |", "|---|" + "---|" * len(targets)]
+        for attack, rows in group.groupby("attack", sort=False):
+            cells = {r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+                     for r in rows.itertuples()}
+            lines.append(f"| {attack} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
+        lines.append("")
+    return "\n".join(lines)

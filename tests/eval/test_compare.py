@@ -23,10 +23,16 @@ def test_paired_gain_value_and_interval():
 
 
 def test_gains_over_uses_images_the_target_gets_right():
-    rec = pd.DataFrame({
-        "image_id": ["a", "b", "c"] * 2, "attack": ["pgd"] * 3 + ["mi"] * 3, "source": "s", "target": "t",
-        "target_clean_correct": [True, True, False] * 2, "fooled": [0, 1, 1, 1, 1, 1],
-    })
+    rec = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"] * 2,
+            "attack": ["pgd"] * 3 + ["mi"] * 3,
+            "source": "s",
+            "target": "t",
+            "target_clean_correct": [True, True, False] * 2,
+            "fooled": [0, 1, 1, 1, 1, 1],
+        }
+    )
     g = gains_over(rec)
     assert len(g) == 1 and g.n.iloc[0] == 2
     assert g.gain.iloc[0] == pytest.approx(0.5) and g.baseline_rate.iloc[0] == pytest.approx(0.5)

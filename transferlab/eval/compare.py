@@ -10,11 +10,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-GAIN_COLUMNS = ["attack", "baseline", "source", "target", "white_box", "n", "rate", "baseline_rate",
-                "gain", "ci_low", "ci_high", "n_boot"]
+GAIN_COLUMNS = [
+    "attack",
+    "baseline",
+    "source",
+    "target",
+    "white_box",
+    "n",
+    "rate",
+    "baseline_rate",
+    "gain",
+    "ci_low",
+    "ci_high",
+    "n_boot",
+]
 
 
-def paired_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def paired_gain(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """mean(a) − mean(b) for paired 0/1 outcomes, with a 95% percentile bootstrap interval over pairs."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.size == 0:
@@ -27,7 +41,9 @@ def paired_gain(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0)
     return float(diff.mean()), float(lo), float(hi)
 
 
-def gains_over(records: pd.DataFrame, baseline: str = "pgd", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def gains_over(
+    records: pd.DataFrame, baseline: str = "pgd", n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """Transfer-success gain of every attack over `baseline`, per source and target, over the images the
     target classifies correctly when clean (the same images for both attacks)."""
     rows = []
@@ -43,12 +59,22 @@ def gains_over(records: pd.DataFrame, baseline: str = "pgd", n_boot: int = 2000,
                 continue
             pair = table[[attack, baseline]].dropna().astype(float)
             gain, lo, hi = paired_gain(pair[attack].to_numpy(), pair[baseline].to_numpy(), n_boot, seed)
-            rows.append({
-                "attack": attack, "baseline": baseline, "source": source, "target": target,
-                "white_box": source == target, "n": len(pair), "rate": pair[attack].mean(),
-                "baseline_rate": pair[baseline].mean(), "gain": gain, "ci_low": lo, "ci_high": hi,
-                "n_boot": n_boot,
-            })
+            rows.append(
+                {
+                    "attack": attack,
+                    "baseline": baseline,
+                    "source": source,
+                    "target": target,
+                    "white_box": source == target,
+                    "n": len(pair),
+                    "rate": pair[attack].mean(),
+                    "baseline_rate": pair[baseline].mean(),
+                    "gain": gain,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n_boot": n_boot,
+                }
+            )
     return pd.DataFrame(rows, columns=GAIN_COLUMNS)
 
 
@@ -60,11 +86,16 @@ def gains_markdown(gains: pd.DataFrame) -> str:
     for source, group in gains.groupby("source", sort=False):
         targets = list(dict.fromkeys(group.target))
         heads = [f"{t} (white-box)" if t == source else t for t in targets]
-        lines += [f"**source: {source}**, gain over {group.baseline.iloc[0]} in points\n",
-                  "| attack | " + " | ".join(heads) + " |", "|---|" + "---|" * len(targets)]
+        lines += [
+            f"**source: {source}**, gain over {group.baseline.iloc[0]} in points\n",
+            "| attack | " + " | ".join(heads) + " |",
+            "|---|" + "---|" * len(targets),
+        ]
         for attack, rows in group.groupby("attack", sort=False):
-            cells = {r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
-                     for r in rows.itertuples()}
+            cells = {
+                r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+                for r in rows.itertuples()
+            }
             lines.append(f"| {attack} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -270,3 +270,11 @@ def test_plugin_runs_in_transferlab_run(tmp_path, tiny_models, monkeypatch):
     assert set(results.attack) == {"pgd", "my_attack"}
     meta = json.loads((tmp_path / "run" / "adv" / "my_attack" / "tiny_a" / "job.json").read_text())
     assert meta["spec"]["params"] == {path: {"sigma": 0.2}}
+
+
+def test_only_runs_the_named_attacks(tmp_path, tiny_models, capsys):
+    config = write_config(tmp_path)
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "r"), "--only", "pgd_l2", "--quiet"]) == 0
+    assert set(pd.read_csv(tmp_path / "r" / "results.csv").attack) == {"pgd_l2"}
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "r"), "--only", "nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err

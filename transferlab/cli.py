@@ -17,6 +17,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from transferlab.experiment import Experiment
 
     cfg = load_config(args.config, args.overrides)
+    if args.only:
+        cfg = select_attacks(cfg, args.only, args.config)
     out = Path(args.out or Path("runs") / cfg["name"])
     if args.dry_run:
         from transferlab.plan import print_plan
@@ -32,6 +34,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print((out / "table.md").read_text().split("## Error rate")[0])
     del results
     return 0
+
+
+def select_attacks(cfg: dict, only: str, path: str) -> dict:
+    """Keep the named attacks of a config (comma-separated), in the config's order."""
+    from transferlab.errors import ConfigError
+
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in cfg["attacks"]]
+    if unknown:
+        raise ConfigError(
+            f"{path}: --only names attacks not in the config: {unknown}; it has {list(cfg['attacks'])}"
+        )
+    cfg = dict(cfg)
+    cfg["attacks"] = {k: v for k, v in cfg["attacks"].items() if k in names}
+    return cfg
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -70,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="resolve models, weights and attacks; print the plan"
     )
     run.add_argument("--fresh", action="store_true", help="delete the output directory first")
+    run.add_argument("--only", metavar="A,B", help="run only these attacks of the config (comma-separated)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 

@@ -104,6 +104,8 @@ def test_output_contract(tmp_path, tiny_models):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["versions"]["torch"]
     assert "git" in manifest and "timings" in manifest
+    # the commit that ran each job is recorded with the job and gathered in the manifest
+    assert manifest["job_commits"] == [manifest["git"]["commit"] or ""]
     white = report["results"].query("white_box and metric == 'transfer_success' and attack == 'pgd'")
     assert white.success_rate.iloc[0] > 0.5  # the attack works on its source
 

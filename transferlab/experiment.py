@@ -37,6 +37,7 @@ from transferlab.errors import TransferlabError
 from transferlab.eval.quantize import perturbation_norms, quantize
 from transferlab.interaction.scores import margin
 from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_png, read_png
+from transferlab.provenance import provenance
 
 CLEAN_COLUMNS = ["image_id", "label", "model", "pred", "loss", "margin"]
 
@@ -106,7 +107,10 @@ class Experiment:
         self.dataset: Dataset = open_dataset(cfg["data"])
         self.resolution = self.dataset.resolution
         self._models: dict[str, torch.nn.Module] = {}
+        self._warm: set[str] = set()
         self.timings: dict[str, float] = {}
+        # the code that runs is the code at the start of this invocation, not at the report
+        self.provenance = provenance()
 
     # ------------------------------------------------------------------ models
     @property
@@ -297,6 +301,10 @@ class Experiment:
         todo = [i for i in items if not (folder / f"{i.image_id}.png").exists()]
         if not todo:
             return
+        commit = self.provenance["git"]
+        meta.setdefault("git", [])
+        if commit not in meta["git"]:
+            meta["git"].append(commit)
         attack = self.build(job)
         model = self.model(job.source)
         size = job.spec["batch_size"]
@@ -310,6 +318,7 @@ class Experiment:
             x = to_float(images).to(self.device)
             y = torch.tensor([i.label for i in chunk], device=self.device)
             hook, step_rows = self.step_recorder(x, y, chunk, attack) if every else (None, None)
+            self.warm_up(job.source, x)
             t0 = time.perf_counter()
             adv = attack.run(
                 model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook
@@ -332,6 +341,15 @@ class Experiment:
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()
+
+    def warm_up(self, source: str, x: torch.Tensor) -> None:
+        """One untimed forward+backward of the source on a batch before its first timed attack, so that
+        one-off allocator and kernel set-up is not charged to whichever job happens to run first."""
+        if source in self._warm:
+            return
+        self._warm.add(source)
+        x = x.clone().requires_grad_(True)
+        torch.autograd.grad(self.model(source)(x).sum(), x)
 
     def step_recorder(self, x: torch.Tensor, y: torch.Tensor, chunk: list[Item], attack):
         """A per-step hook recording, every `eval.record_every` steps, whether each target misclassifies

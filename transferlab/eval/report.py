@@ -16,7 +16,6 @@ import pandas as pd  # noqa: E402
 from transferlab.eval.compare import gains_markdown, gains_over  # noqa: E402
 from transferlab.eval.transfer import summarise  # noqa: E402
 from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
-from transferlab.provenance import provenance  # noqa: E402
 
 
 def rate_cell(row: pd.Series) -> str:
@@ -167,6 +166,13 @@ def cost_table(exp) -> pd.DataFrame:
     return frame
 
 
+def job_commits(exp, job) -> list[dict]:
+    """The commits whose code attacked a job's images (more than one when a run was resumed)."""
+    import json
+
+    return json.loads((exp.adv_dir(job) / "job.json").read_text()).get("git", [])
+
+
 def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
     """records.csv, results.csv, table.md, transfer.png and manifest.json in the run directory."""
     out: Path = exp.out
@@ -194,7 +200,8 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
         "skipped_files": [list(s) for s in exp.dataset.skipped],
         "timings": exp.timings,
         "jobs": costs.to_dict(orient="records"),
-        **provenance(),
+        **exp.provenance,
+        "job_commits": sorted({c["commit"] or "" for j in exp.jobs() for c in job_commits(exp, j)}),
     }
     atomic_write_json(out / "manifest.json", manifest)
     return {"results": results, "records": records, "costs": costs, "manifest": manifest}

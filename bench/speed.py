@@ -26,6 +26,7 @@ from transferlab.attacks import build_attack
 from transferlab.data import open_dataset, to_float
 from transferlab.eval.quantize import quantize
 from transferlab.eval.stats import wilson_interval
+from transferlab.experiment import auto_max_forward
 from transferlab.io import atomic_write_csv, atomic_write_json
 from transferlab.models import load_model
 from transferlab.provenance import provenance
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="../shared/data/cifar10-test-jpg")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--out", default="results/bench")
+    p.add_argument("--max-forward", type=int, default=None,
+                   help="model inputs per forward for our attacks (default: as transferlab run at 32 px)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -97,6 +100,7 @@ def main(argv=None) -> int:
         print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
         return 2
     torch.manual_seed(0)
+    max_forward = args.max_forward or auto_max_forward(32)
     src = load_model(args.source, weights_dir=args.weights_dir)
     tgt = load_model(args.target, weights_dir=args.weights_dir)
     x, y = eligible_images([src, tgt], args.images, args.data)
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
     n = len(y)
     print(
         f"{args.source} -> {args.target}: {n} CIFAR-10 images both classify correctly; L∞ ε={args.eps}/255, "
-        f"α=ε/4, {steps} steps; batch {n}; {torch.get_num_threads()} threads; repeats {args.repeats} (median)"
+        f"α=ε/4, {steps} steps; batch {n} (ours: at most {max_forward} model inputs per forward); "
+        f"{torch.get_num_threads()} threads; repeats {args.repeats} (median)"
     )
     rows = []
 
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
         return row
 
     # (a) overhead of the loop: interleave so both see the same machine state
-    ours = build_attack("pgd", eps=eps, alpha=alpha, steps=steps, max_forward=4096)
+    ours = build_attack("pgd", eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
     bare_t, ours_t = [], []
     for _ in range(args.repeats):
         t, adv_bare = timed(lambda: bare_loop(src, x, y, eps, alpha, steps), 1)
@@ -167,7 +172,7 @@ def main(argv=None) -> int:
         ),
     ]
     for name, method, params, make_ta in pairs:
-        mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=4096)
+        mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
         ta = make_ta()
         t_ta, t_me = [], []
         for _ in range(args.repeats):
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
         ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}}),
     ]
     for name, method, params in variants:
-        atk = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=8192)
+        atk = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
         t, adv = timed(lambda atk=atk: atk.run(src, x, y), args.repeats)
         record("c", name, "transferlab", t, adv, atk.forwards_per_step())
 

@@ -89,6 +89,9 @@ def test_measure_average_writes_csv_and_matches_direct_game(run_dir):
     assert set(frame.estimator) == {"average"} and set(frame.grid) == {4} and set(frame.score) == {"margin"}
     assert (frame.evaluations == 2 * 16 + 2).all() and frame.stderr.isna().all()
     assert loader.calls == [("src", "/w/src.pth", "/w", "cpu")]  # one load per source
+    manifest = json.loads((run / "interaction.manifest.json").read_text())
+    assert manifest["measured"] == 12 and manifest["evaluations"] == 12 * (2 * 16 + 2)
+    assert manifest["evaluations_per_second"] > 0 and manifest["git"]
 
     # the value equals the estimator run directly on that image's game
     from transferlab.io import read_png
@@ -171,7 +174,8 @@ def test_cli_subcommands(run_dir, monkeypatch, capsys):
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["interaction", str(run), "--grid", "4", "--no-progress"])
     assert args.func(args) == 0
-    assert "pgd" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pgd" in out and "evaluations/s" in out
     args = parser.parse_args(["correlate", str(run), "--bootstrap", "20"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

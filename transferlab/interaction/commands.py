@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from pathlib import Path
 
 from .measure import ESTIMATORS
 from .scores import SCORES
@@ -78,6 +80,12 @@ def run_interaction(args: argparse.Namespace) -> int:
                         players=args.players, chunk=args.chunk, progress=not args.no_progress)
     print(f"interaction ({args.estimator}, grid {frame.grid.iloc[0]}, {args.score}): {len(frame)} rows "
           f"-> {args.run_dir}/interaction.csv")
+    manifest = json.loads((Path(args.run_dir) / "interaction.manifest.json").read_text())
+    if manifest["measured"]:
+        print(f"  measured {manifest['measured']} perturbations, "
+              f"{manifest['evaluations']:,} game evaluations "
+              f"in {manifest['seconds']:.1f} s ({manifest['evaluations_per_second']:,.0f} evaluations/s, "
+              f"image loading included)")
     per_image = frame.groupby(["source", "attack", "image_id"]).value.mean().reset_index()
     for (source, attack), sub in per_image.groupby(["source", "attack"]):
         mean, lo, hi = t_interval(sub.value.to_numpy())

@@ -129,10 +129,10 @@ def _existing(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_id": str, "setting": str})
 
 
-def _versions() -> dict[str, str | None]:
-    from ..provenance import versions
+def _provenance() -> dict[str, Any]:
+    from ..provenance import provenance
 
-    return versions()
+    return provenance()
 
 
 def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "average",
@@ -172,12 +172,17 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     todo = units[[(r.image_id, r.attack, r.source) not in done for r in units.itertuples()]]
     _measure_units(run_dir, todo, settings, batch_size, device, chunk, model_loader or _default_loader,
                    progress, table, out_path)
+    seconds = time.perf_counter() - t0
     result = _existing(out_path)  # re-read, so a fresh and a resumed call return identical frames
+    mine = result[result.setting == settings["setting"]]
+    fresh = [(r.image_id, r.attack, r.source) not in done for r in mine.itertuples()]
+    spent = int(mine[fresh].evaluations.sum())
     atomic_write_json(run_dir / "interaction.manifest.json", {
         "settings": settings, "batch_size": batch_size, "device": device, "chunk": chunk,
         "measured": len(todo), "skipped": len(units) - len(todo),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "versions": _versions(),
+        "seconds": round(seconds, 3), "evaluations": spent,
+        "evaluations_per_second": round(spent / seconds, 1) if todo.shape[0] else None,
+        **_provenance(),
     })
     return result[result.setting == settings["setting"]].reset_index(drop=True)
 

@@ -106,6 +106,10 @@ def test_output_contract(tmp_path, tiny_models):
     assert "git" in manifest and "timings" in manifest
     # the commit that ran each job is recorded with the job and gathered in the manifest
     assert manifest["job_commits"] == [manifest["git"]["commit"] or ""]
+    # cost per step: wall and CPU time recorded per job, ratios to PGD on CPU time
+    costs = pd.read_csv(out / "costs.csv").set_index("attack")
+    assert (costs.cpu_s_per_image_step > 0).all() and (costs.cost_basis == "cpu").all()
+    assert costs.cost_vs_pgd["pgd"] == 1.0
     white = report["results"].query("white_box and metric == 'transfer_success' and attack == 'pgd'")
     assert white.success_rate.iloc[0] > 0.5  # the attack works on its source
 

@@ -319,11 +319,14 @@ class Experiment:
             y = torch.tensor([i.label for i in chunk], device=self.device)
             hook, step_rows = self.step_recorder(x, y, chunk, attack) if every else (None, None)
             self.warm_up(job.source, x)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             adv = attack.run(
                 model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook
             )
             meta["seconds"] += time.perf_counter() - t0 - (hook.seconds if hook else 0.0)
+            meta["cpu_seconds"] = (
+                meta.get("cpu_seconds", 0.0) + time.process_time() - c0 - (hook.cpu_seconds if hook else 0.0)
+            )
             if step_rows is not None:
                 atomic_write_csv(
                     self.out / "steps" / job.attack / job.source / f"{chunk[0].image_id}.csv",
@@ -338,6 +341,9 @@ class Experiment:
             meta["eps_unit"] = attack.eps
             meta["forwards_per_image_step"] = meta["forwards"] / max(1, meta["images"] * max(1, attack.steps))
             meta["seconds_per_image_step"] = meta["seconds"] / max(1, meta["images"] * max(1, attack.steps))
+            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / max(
+                1, meta["images"] * max(1, attack.steps)
+            )
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()
@@ -362,9 +368,10 @@ class Experiment:
         def hook(t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
             if t % every and t != attack.steps:
                 return
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             record(t, x_adv, index)
             hook.seconds += time.perf_counter() - t0
+            hook.cpu_seconds += time.process_time() - c0
 
         def record(t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
             q = quantize(x[index], x_adv, attack.eps, attack.norm)
@@ -376,7 +383,7 @@ class Experiment:
                         for i, f in zip(index.tolist(), fooled)
                     )
 
-        hook.seconds = 0.0
+        hook.seconds = hook.cpu_seconds = 0.0
         return hook, rows
 
     def step_records(self, job: Job) -> pd.DataFrame | None:

@@ -13,6 +13,7 @@ from transferlab.eval.correlation import (
     cluster_bootstrap_indices,
     correlate_run,
     correlation,
+    ir_settings,
     t_interval,
 )
 from transferlab.eval.stats import wilson_interval
@@ -153,3 +154,24 @@ def test_correlation_helpers():
     assert np.isnan(correlation(x, np.ones(5))[0])
     with pytest.raises(ValueError):
         correlation(x, y, "kendall")
+
+
+def test_ir_lambda_sweep_is_read_from_the_manifest(tmp_path):
+    run = make_run(tmp_path)
+    attacks = {  # as the run's manifest stores the resolved config
+        "pgd": {"method": "pgd", "params": {}},
+        "ir_0.1": {"method": "pgd+ir", "params": {"ir": {"variant": "official", "lam": 0.1}}},
+        "ir_1": {"method": "pgd+ir", "params": {"ir": {"variant": "official"}}},
+        "mi": {"method": "mi", "params": {}},
+        "hybrid_ir": {"method": "hybrid_ir", "params": {}},
+    }
+    atomic_write_json(run / "manifest.json", {"config": {"attacks": attacks}})
+    table = ir_settings(run).set_index("attack")
+    assert table.ir_lam["ir_0.1"] == 0.1 and table.ir_variant["ir_0.1"] == "official"
+    assert table.ir_lam["ir_1"] == 1.0  # IR's default λ where the config leaves it out
+    assert table.ir_lam["hybrid_ir"] == 1.0 and table.ir_variant["hybrid_ir"] == "official"  # preset
+    assert np.isnan(table.ir_lam["pgd"]) and pd.isna(table.ir_variant["mi"])
+    out = correlate_run(run, n_boot=20)
+    by = out["by_attack"].set_index(["attack", "target"])
+    assert by.ir_lam.loc["ir_0.1"].eq(0.1).all() and by.ir_lam.loc["pgd"].isna().all()
+    assert (run / "interaction_by_attack.png").stat().st_size > 0

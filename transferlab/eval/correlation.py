@@ -167,6 +167,33 @@ def load_merged(run_dir: str | Path, setting: str | None = None,
     return merged, chosen
 
 
+def ir_settings(run_dir: str | Path) -> pd.DataFrame:
+    """Per attack of the run: its method and, when it carries the IR component, IR's variant and λ (from the
+    manifest's resolved config; IR's defaults where the config leaves them out). Lets plots draw a λ sweep
+    as one series per (method, variant)."""
+    from ..attacks.interaction_reduction import InteractionReduction
+    from ..attacks.registry import parse_method
+
+    path = Path(run_dir) / "manifest.json"
+    attacks = json.loads(path.read_text()).get("config", {}).get("attacks", {}) if path.exists() else {}
+    rows = []
+    for name, spec in attacks.items():
+        method = str(spec.get("method", name))
+        try:
+            components = parse_method(method)
+        except TransferlabError:  # a plug-in that is not importable here
+            components = []
+        ir = (spec.get("params") or {}).get("ir")
+        if ir is None and "ir" not in components:
+            rows.append({"attack": name, "method": method, "ir_variant": None, "ir_lam": math.nan})
+            continue
+        ir = ir or {}
+        rows.append({"attack": name, "method": method,
+                     "ir_variant": ir.get("variant", InteractionReduction.variant),
+                     "ir_lam": float(ir.get("lam", InteractionReduction.lam))})
+    return pd.DataFrame(rows, columns=["attack", "method", "ir_variant", "ir_lam"])
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -299,6 +326,7 @@ def plot_by_attack(by_attack: pd.DataFrame, path: Path) -> None:
                         color=colours[row.attack], label=row.attack)
             ax.annotate(str(row.attack), (row.interaction, row.transfer_rate), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
+        _draw_lambda_series(ax, sub)
         title = f"{source} → {target}"
         ok = sub.dropna(subset=["interaction", "transfer_rate"])
         if len(ok) >= 3:
@@ -310,6 +338,21 @@ def plot_by_attack(by_attack: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     _save(plt, fig, path)
+
+
+def _draw_lambda_series(ax, sub: pd.DataFrame) -> None:
+    """Join the attacks that differ only in IR's λ (same method and variant) by a dashed line, in λ order."""
+    if "ir_lam" not in sub:
+        return
+    swept = sub.dropna(subset=["ir_lam", "interaction", "transfer_rate"])
+    for _, series in swept.groupby(["method", "ir_variant"], sort=True):
+        if series.ir_lam.nunique() < 2:
+            continue
+        series = series.sort_values("ir_lam")
+        ax.plot(series.interaction, series.transfer_rate, ls="--", lw=0.8, color="grey", zorder=0)
+        for row in series.itertuples():
+            ax.annotate(f"λ={row.ir_lam:g}", (row.interaction, row.transfer_rate), fontsize=6, color="grey",
+                        xytext=(4, -9), textcoords="offset points")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -336,6 +379,7 @@ def correlate_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0, settin
     inter = interaction_table(merged)
     transfer = transfer_table(merged)
     by_attack = transfer.merge(inter, on=["source", "attack"], how="left")
+    by_attack = by_attack.merge(ir_settings(run_dir), on="attack", how="left")
     t1 = time.perf_counter()
     atomic_write_csv(run_dir / "correlation.csv", corr)
     atomic_write_csv(run_dir / "interaction_by_attack.csv", by_attack)

@@ -335,8 +335,7 @@ def plot_by_attack(by_attack: pd.DataFrame, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("mean interaction (95% t)")
         ax.set_ylabel("transfer rate (95% Wilson)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)  # every point carries its attack's name: no legend to cover points
     _save(plt, fig, path)
 
 

@@ -269,7 +269,7 @@ def _save(plt, fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -307,7 +307,8 @@ def plot_correlation(merged: pd.DataFrame, table: pd.DataFrame, path: Path,
         ax.set_xlabel("interaction (per image)")
         ax.set_ylabel("transfer utility (Δ CE on target)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+    if pairs:  # one legend for all panels, outside the last one, so that no panel's points are hidden
+        axes[len(pairs) - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), markerscale=1.5)
     _save(plt, fig, path)
 
 

@@ -52,6 +52,8 @@ def test_planted_negative_correlation_is_recovered(tmp_path):
     run = make_run(tmp_path)
     out = correlate_run(run, n_boot=300, seed=1)
     corr = pd.read_csv(run / "correlation.csv")
+    assert set(corr.images) == {"all", "source_fooled"}
+    corr = corr[corr.images == "all"]
     assert list(corr.columns[:9]) == ["target", "source", "attack", "outcome", "method", "r", "ci_low",
                                       "ci_high", "n"]
     assert set(corr.target) == set(TARGETS)  # white-box rows (target = source) left out by default
@@ -72,7 +74,7 @@ def test_point_estimates_match_scipy(tmp_path):
     out = correlate_run(run, n_boot=0, plots=False)
     merged = out["merged"]
     sub = merged[(merged.target == "t1") & merged.target_clean_correct]
-    corr = out["correlation"].set_index(["target", "attack", "outcome", "method"])
+    corr = out["correlation"].query("images == 'all'").set_index(["target", "attack", "outcome", "method"])
     assert corr.loc[("t1", "all", "transfer_utility", "pearson"), "r"] == pytest.approx(
         stats.pearsonr(sub.interaction, sub.transfer_utility).statistic, abs=1e-12)
     assert corr.loc[("t1", "all", "fooled", "spearman"), "r"] == pytest.approx(
@@ -175,3 +177,19 @@ def test_ir_lambda_sweep_is_read_from_the_manifest(tmp_path):
     by = out["by_attack"].set_index(["attack", "target"])
     assert by.ir_lam.loc["ir_0.1"].eq(0.1).all() and by.ir_lam.loc["pgd"].isna().all()
     assert (run / "interaction_by_attack.png").stat().st_size > 0
+
+
+def test_source_fooled_subset_keeps_only_perturbations_that_fool_their_source(tmp_path):
+    run = make_run(tmp_path)
+    out = correlate_run(run, n_boot=20)
+    records = pd.read_csv(run / "records.csv", dtype={"image_id": str})
+    white = records[records.target == "src"].set_index(["image_id", "attack"]).fooled
+    t1 = records[(records.target == "t1") & records.target_clean_correct]
+    keep = white.loc[list(zip(t1.image_id, t1.attack, strict=True))].to_numpy()
+    corr = out["correlation"].set_index(["images", "target", "attack", "outcome", "method"])
+    row = corr.loc[("source_fooled", "t1", "all", "transfer_utility", "pearson")]
+    assert row.n == keep.sum() < len(t1)
+    inter = pd.read_csv(run / "interaction.csv", dtype={"image_id": str}).set_index(["image_id", "attack"])
+    x = inter.value.loc[list(zip(t1.image_id, t1.attack, strict=True))].to_numpy()[keep]
+    want = stats.pearsonr(x, t1.transfer_utility.to_numpy()[keep]).statistic
+    assert row.r == pytest.approx(want, abs=1e-12)

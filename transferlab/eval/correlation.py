@@ -30,7 +30,7 @@ from .stats import wilson_interval
 OUTCOMES = ("transfer_utility", "fooled")
 METHODS = ("pearson", "spearman")
 CORRELATION_COLUMNS = ["target", "source", "attack", "outcome", "method", "r", "ci_low", "ci_high", "n",
-                       "n_images", "p_value"]
+                       "n_images", "p_value", "images"]
 KEYS = ["image_id", "attack", "source"]
 
 
@@ -159,6 +159,8 @@ def load_merged(run_dir: str | Path, setting: str | None = None,
     run_dir = Path(run_dir)
     inter, chosen = load_interactions(run_dir, setting)
     records = pd.read_csv(run_dir / "records.csv", dtype={"image_id": str})
+    white = records[records.target == records.source][KEYS + ["fooled"]]
+    records = records.merge(white.rename(columns={"fooled": "source_fooled"}), on=KEYS, how="left")
     if not include_white_box:
         records = records[records.target != records.source]
     merged = records.merge(inter, on=KEYS, how="inner")
@@ -199,24 +201,43 @@ def ir_settings(run_dir: str | Path) -> pd.DataFrame:
 
 def correlation_table(merged: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                       clean_correct_only: bool = True) -> pd.DataFrame:
-    """Tidy correlations per target × source × attack ('all' = pooled) × outcome × method."""
+    """Tidy correlations per target × source × attack ('all' = pooled) × outcome × method × image subset.
+
+    Subsets (column ``images``): 'all' rows, and 'source_fooled' — only the perturbations that fool their
+    own source (white-box success), when the run evaluated the source; a perturbation that failed on its
+    source says little about transfer, and IR's failures carry its lowest interactions.
+    """
     rows = []
+    subsets = {"all": None}
+    if "source_fooled" in merged and merged.source_fooled.notna().all():
+        subsets["source_fooled"] = "source_fooled"
     for (target, source), sub in merged.groupby(["target", "source"], sort=True):
         if clean_correct_only:
             sub = sub[sub.target_clean_correct]
-        for attack in ["all", *sorted(sub.attack.unique())]:
-            part = sub if attack == "all" else sub[sub.attack == attack]
-            x = part.interaction.to_numpy(float)
-            groups = part.image_id.to_numpy()
-            rng = np.random.default_rng(stable_seed(seed, target, source, attack))
-            blocks = cluster_bootstrap_indices(groups, n_boot, rng) if n_boot > 0 and len(part) >= 3 else None
-            for outcome in OUTCOMES:
-                y = part[outcome].to_numpy(float)
-                for method in METHODS:
-                    r, lo, hi = bootstrap_correlation(x, y, groups, method, n_boot, rng, blocks)
-                    rows.append({"target": target, "source": source, "attack": attack, "outcome": outcome,
-                                 "method": method, "r": r, "ci_low": lo, "ci_high": hi, "n": len(part),
-                                 "n_images": part.image_id.nunique(), "p_value": _p_value(x, y, method, r)})
+        for images, column in subsets.items():
+            chosen = sub if column is None else sub[sub[column].astype(bool)]
+            for attack in ["all", *sorted(chosen.attack.unique())]:
+                part = chosen if attack == "all" else chosen[chosen.attack == attack]
+                rows.extend(_correlation_rows(part, n_boot, seed, target, source, attack, images))
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+def _correlation_rows(part: pd.DataFrame, n_boot: int, seed: int, target: str, source: str, attack: str,
+                      images: str) -> list[dict[str, Any]]:
+    x = part.interaction.to_numpy(float)
+    groups = part.image_id.to_numpy()
+    rng = np.random.default_rng(stable_seed(seed, target, source, attack, images))
+    blocks = cluster_bootstrap_indices(groups, n_boot, rng) if n_boot > 0 and len(part) >= 3 else None
+    rows = []
+    for outcome in OUTCOMES:
+        y = part[outcome].to_numpy(float)
+        for method in METHODS:
+            r, lo, hi = bootstrap_correlation(x, y, groups, method, n_boot, rng, blocks)
+            rows.append({"target": target, "source": source, "attack": attack, "outcome": outcome,
+                         "method": method, "r": r, "ci_low": lo, "ci_high": hi, "n": len(part),
+                         "n_images": part.image_id.nunique(), "p_value": _p_value(x, y, method, r),
+                         "images": images})
+    return rows
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
@@ -300,6 +321,7 @@ def plot_correlation(merged: pd.DataFrame, table: pd.DataFrame, path: Path,
             xs = np.linspace(x.min(), x.max(), 50)
             ax.plot(xs, slope * xs + icpt, color="black", lw=1.2)
         row = table[(table.source == source) & (table.target == target) & (table.attack == "all")
+                    & (table.images == "all")
                     & (table.outcome == "transfer_utility") & (table.method == "pearson")]
         r = row.iloc[0] if len(row) else None
         text = "" if r is None else f"\nPearson r = {r.r:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}], n = {r.n}"

@@ -100,9 +100,10 @@ def run_correlate(args: argparse.Namespace) -> int:
                         include_white_box=args.include_white_box)
     corr = out["correlation"]
     pooled = corr[(corr.attack == "all") & (corr.method == "pearson")]
-    print(f"correlation (Pearson, pooled over attacks, {args.bootstrap} bootstrap resamples over images):")
+    print(f"correlation (Pearson, pooled over attacks, {args.bootstrap} bootstrap resamples over images;"
+          " images: all, or only perturbations that fool their source):")
     for row in pooled.itertuples():
-        print(f"  {row.source} -> {row.target:<24s} {row.outcome:<17s} r = {_fmt(row.r)} "
+        print(f"  {row.source} -> {row.target:<24s} {row.outcome:<17s} {row.images:<13s} r = {_fmt(row.r)} "
               f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]  n={row.n}")
     print("by attack (mean interaction [95% t]; transfer rate [95% Wilson]):")
     for row in out["by_attack"].itertuples():

@@ -193,11 +193,19 @@ def main(argv=None) -> int:
         ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
         ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}}),
     ]
+    # interleaved, like (a) and (b): each repeat times every variant once, so all see the same machine state
     xc, yc = x[: args.ir_images], y[: args.ir_images]
-    for name, method, params in variants:
-        atk = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
-        t, adv = timed(lambda atk=atk: atk.run(src, xc, yc), args.repeats)
-        record("c", name, "transferlab", t, adv, atk.forwards_per_step(), images=len(yc))
+    attacks = {name: build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
+               for name, method, params in variants}
+    times: dict[str, list[float]] = {name: [] for name in attacks}
+    advs = {}
+    for _ in range(args.repeats):
+        for name, atk in attacks.items():
+            t, advs[name] = timed(lambda atk=atk: atk.run(src, xc, yc), 1)
+            times[name].append(t)
+    for name, atk in attacks.items():
+        record("c", name, "transferlab", statistics.median(times[name]), advs[name], atk.forwards_per_step(),
+               images=len(yc))
 
     table = pd.DataFrame(rows)
     out = Path(args.out)

@@ -295,16 +295,17 @@ class Experiment:
             "source": job.source,
             "spec": job.spec,
             "seconds": 0.0,
+            "cpu_seconds": 0.0,
             "images": 0,
             "forwards": 0,
         }
         todo = [i for i in items if not (folder / f"{i.image_id}.png").exists()]
         if not todo:
             return
-        commit = self.provenance["git"]
-        meta.setdefault("git", [])
-        if commit not in meta["git"]:
-            meta["git"].append(commit)
+        meta.setdefault("cpu_seconds", 0.0)  # jobs started before CPU time was kept
+        commits = meta.setdefault("git", [])
+        if self.provenance["git"] not in commits:
+            commits.append(self.provenance["git"])
         attack = self.build(job)
         model = self.model(job.source)
         size = job.spec["batch_size"]
@@ -324,9 +325,7 @@ class Experiment:
                 model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook
             )
             meta["seconds"] += time.perf_counter() - t0 - (hook.seconds if hook else 0.0)
-            meta["cpu_seconds"] = (
-                meta.get("cpu_seconds", 0.0) + time.process_time() - c0 - (hook.cpu_seconds if hook else 0.0)
-            )
+            meta["cpu_seconds"] += time.process_time() - c0 - (hook.cpu_seconds if hook else 0.0)
             if step_rows is not None:
                 atomic_write_csv(
                     self.out / "steps" / job.attack / job.source / f"{chunk[0].image_id}.csv",
@@ -339,11 +338,10 @@ class Experiment:
                 atomic_write_png(folder / f"{item.image_id}.png", image.permute(1, 2, 0).numpy())
             meta["steps"] = attack.steps
             meta["eps_unit"] = attack.eps
-            meta["forwards_per_image_step"] = meta["forwards"] / max(1, meta["images"] * max(1, attack.steps))
-            meta["seconds_per_image_step"] = meta["seconds"] / max(1, meta["images"] * max(1, attack.steps))
-            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / max(
-                1, meta["images"] * max(1, attack.steps)
-            )
+            image_steps = max(1, meta["images"] * max(1, attack.steps))
+            meta["forwards_per_image_step"] = meta["forwards"] / image_steps
+            meta["seconds_per_image_step"] = meta["seconds"] / image_steps
+            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / image_steps
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()

@@ -238,7 +238,6 @@ def _correlation_rows(part: pd.DataFrame, n_boot: int, seed: int, target: str, s
                          "n_images": part.image_id.nunique(), "p_value": _p_value(x, y, method, r),
                          "images": images})
     return rows
-    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
 def interaction_table(merged: pd.DataFrame) -> pd.DataFrame:

@@ -143,12 +143,16 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def cost_table(exp) -> pd.DataFrame:
+def job_metas(exp) -> list[tuple[Any, dict]]:
+    """(job, its job.json) for every job of the run, each file read once."""
     import json
 
+    return [(job, json.loads((exp.adv_dir(job) / "job.json").read_text())) for job in exp.jobs()]
+
+
+def cost_table(metas: list[tuple[Any, dict]]) -> pd.DataFrame:
     rows = []
-    for job in exp.jobs():
-        meta = json.loads((exp.adv_dir(job) / "job.json").read_text())
+    for job, meta in metas:
         rows.append(
             {
                 "attack": job.attack,
@@ -174,13 +178,6 @@ def cost_table(exp) -> pd.DataFrame:
     return frame
 
 
-def job_commits(exp, job) -> list[dict]:
-    """The commits whose code attacked a job's images (more than one when a run was resumed)."""
-    import json
-
-    return json.loads((exp.adv_dir(job) / "job.json").read_text()).get("git", [])
-
-
 def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
     """records.csv, results.csv, table.md, transfer.png and manifest.json in the run directory."""
     out: Path = exp.out
@@ -189,7 +186,8 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
     results = summarise(records, cfg["attacks"], {k: v for k, v in steps.items() if v is not None})
     atomic_write_csv(out / "records.csv", records)
     atomic_write_csv(out / "results.csv", results)
-    costs = cost_table(exp)
+    metas = job_metas(exp)
+    costs = cost_table(metas)
     atomic_write_csv(out / "costs.csv", costs)
     gains = gains_over(records, baseline="pgd", seed=cfg["seed"])
     atomic_write_csv(out / "gains.csv", gains)
@@ -209,7 +207,8 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
         "timings": exp.timings,
         "jobs": costs.to_dict(orient="records"),
         **exp.provenance,
-        "job_commits": sorted({c["commit"] or "" for j in exp.jobs() for c in job_commits(exp, j)}),
+        # the commits whose code attacked the images (more than one when a run was resumed across commits)
+        "job_commits": sorted({c["commit"] or "" for _, meta in metas for c in meta.get("git", [])}),
     }
     atomic_write_json(out / "manifest.json", manifest)
     return {"results": results, "records": records, "costs": costs, "manifest": manifest}

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import TransferlabError
 from ..io import atomic_write_csv, atomic_write_json, read_png
+from ..provenance import provenance
 from .estimators import average_interaction, order_interactions, random_pairs, sampled_interaction
 from .games import BatchedPerturbationGame, default_grid
 from .scores import SCORES
@@ -129,12 +130,6 @@ def _existing(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_id": str, "setting": str})
 
 
-def _provenance() -> dict[str, Any]:
-    from ..provenance import provenance
-
-    return provenance()
-
-
 def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "average",
                 pairs: int | Sequence[tuple[int, int]] | None = None, samples: int | None = None,
                 orders: Sequence[int] | None = None, score: str = "margin", batch_size: int = 8,
@@ -182,9 +177,9 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
         "measured": len(todo), "skipped": len(units) - len(todo),
         "seconds": round(seconds, 3), "evaluations": spent,
         "evaluations_per_second": round(spent / seconds, 1) if todo.shape[0] else None,
-        **_provenance(),
+        **provenance(),
     })
-    return result[result.setting == settings["setting"]].reset_index(drop=True)
+    return mine.reset_index(drop=True)
 
 
 def _write(path: Path, table: pd.DataFrame, new_rows: list[dict[str, Any]]) -> None:

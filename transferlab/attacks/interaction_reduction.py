@@ -113,9 +113,11 @@ class InteractionReduction(Component):
         ctx.state[self._key("cells")] = cells
         ctx.state[self._key("grid")] = g
         ctx.state[self._key("n")] = n
+        if self.variant == "pairwise":  # the single-cell masks are constant across steps: built once
+            ctx.state[self._key("single")] = grid_masks(h, w, g, device=ctx.x.device, dtype=ctx.x.dtype)
 
     def teardown(self, ctx: AttackContext) -> None:
-        for what in ("clean_logits", "cells", "grid", "n"):
+        for what in ("clean_logits", "cells", "grid", "n", "single"):
             ctx.state.pop(self._key(what), None)
 
     def coalition_masks(self, rows: int, ctx: AttackContext, dtype: torch.dtype) -> torch.Tensor:
@@ -126,7 +128,7 @@ class InteractionReduction(Component):
         cells, g, n = (ctx.state[self._key(what)] for what in ("cells", "grid", "n"))
         k = rows_per_image(rows, ctx)
         if self.variant == "pairwise":
-            single = grid_masks(*cells.shape, g, device=cells.device, dtype=dtype)  # (n, 1, H, W)
+            single = ctx.state[self._key("single")].to(dtype)  # (n, 1, H, W), from setup
             if self.players is None or self.players >= n:
                 return single[None].expand(rows, n, 1, *cells.shape)
             u = ctx.streams.rand(k, n, dtype=torch.float64)  # (B, k, n)

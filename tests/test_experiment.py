@@ -164,6 +164,24 @@ def test_killed_run_resumes_identically(tmp_path, tiny_models, monkeypatch):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
 
 
+def test_cpu_time_per_image_step_counts_only_timed_images(tmp_path, tiny_models):
+    """A job extended from a job.json written before CPU time was kept divides its CPU time by the
+    images attacked since, not by all of its images."""
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    run(config, out, "data.limit=4")
+    meta_path = out / "adv" / "pgd" / "tiny_a" / "job.json"
+    legacy = json.loads(meta_path.read_text())
+    for key in ("cpu_seconds", "cpu_images", "cpu_seconds_per_image_step"):
+        legacy.pop(key)
+    meta_path.write_text(json.dumps(legacy))
+    run(config, out, "data.limit=8")
+    meta = json.loads(meta_path.read_text())
+    assert meta["images"] == 8 and meta["cpu_images"] == 4
+    per_step = meta["cpu_seconds"] / (4 * meta["steps"])
+    assert meta["cpu_seconds_per_image_step"] == pytest.approx(per_step)
+
+
 def test_changed_settings_in_same_dir_are_refused(tmp_path, tiny_models):
     config = write_config(tmp_path)
     run(config, tmp_path / "run")

@@ -296,13 +296,16 @@ class Experiment:
             "spec": job.spec,
             "seconds": 0.0,
             "cpu_seconds": 0.0,
+            "cpu_images": 0,
             "images": 0,
             "forwards": 0,
         }
         todo = [i for i in items if not (folder / f"{i.image_id}.png").exists()]
         if not todo:
             return
-        meta.setdefault("cpu_seconds", 0.0)  # jobs started before CPU time was kept
+        # jobs started before CPU time was kept: their CPU time covers only the images attacked since
+        meta.setdefault("cpu_seconds", 0.0)
+        meta.setdefault("cpu_images", meta["images"] if meta["cpu_seconds"] else 0)
         commits = meta.setdefault("git", [])
         if self.provenance["git"] not in commits:
             commits.append(self.provenance["git"])
@@ -332,6 +335,7 @@ class Experiment:
                     pd.DataFrame(step_rows),
                 )
             meta["images"] += len(chunk)
+            meta["cpu_images"] += len(chunk)
             meta["forwards"] += attack.forwards_total
             q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
             for item, image in zip(chunk, q):
@@ -341,7 +345,8 @@ class Experiment:
             image_steps = max(1, meta["images"] * max(1, attack.steps))
             meta["forwards_per_image_step"] = meta["forwards"] / image_steps
             meta["seconds_per_image_step"] = meta["seconds"] / image_steps
-            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / image_steps
+            cpu_image_steps = meta["cpu_images"] * max(1, attack.steps)
+            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / cpu_image_steps
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()

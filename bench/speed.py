@@ -7,12 +7,16 @@
 
 Run:  python bench/speed.py --repeats 2          (CIFAR ResNet-20, batch 128, 10 steps; ~15 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
-Writes results/bench/speed.csv and speed.manifest.json (or --out DIR).
+Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
+machine state); a ratio is the median of the per-repeat ratios, with their range. The load average before
+and after is recorded: another job on the machine perturbs the ratios by several per cent.
+Writes results/bench/speed.csv, ratios.csv and speed.manifest.json (or --out DIR).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -59,13 +63,22 @@ def bare_loop(model, x, y, eps, alpha, steps):
     return x + delta
 
 
-def timed(fn, repeats: int):
-    times, out = [], None
+def interleaved(contenders: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """Wall seconds of each contender per repeat, every repeat running each contender once; last outputs."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    outs = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return times, outs
+
+
+def paired_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median and range of the per-repeat ratios num[r] / den[r]."""
+    ratios = [a / b for a, b in zip(num, den)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def success(model, x, adv, y, eps):
@@ -102,6 +115,7 @@ def main(argv=None) -> int:
         print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
         return 2
     torch.manual_seed(0)
+    started, load_before = time.perf_counter(), os.getloadavg()
     max_forward = args.max_forward or auto_max_forward(32)
     src = load_model(args.source, weights_dir=args.weights_dir)
     tgt = load_model(args.target, weights_dir=args.weights_dir)
@@ -115,14 +129,17 @@ def main(argv=None) -> int:
     )
     rows = []
 
-    def record(part, name, impl, seconds, adv=None, forwards=None, images=None):
+    def record(part, name, impl, repeats: list[float], adv=None, forwards=None, images=None):
         k = images or n
+        seconds = statistics.median(repeats)
         row = {
             "part": part,
             "method": name,
             "impl": impl,
             "images": k,
             "seconds": seconds,
+            "seconds_min": min(repeats),
+            "seconds_max": max(repeats),
             "s_per_image_step": seconds / (k * steps),
             "forwards_per_image_step": forwards,
         }
@@ -132,16 +149,22 @@ def main(argv=None) -> int:
         rows.append(row)
         return row
 
-    # (a) overhead of the loop: interleave so both see the same machine state
+    ratios = []
+
+    def ratio(part, measured, num, den, target):
+        mid, lo, hi = paired_ratio(num, den)
+        ratios.append({"part": part, "measured": measured, "ratio": mid, "ratio_min": lo, "ratio_max": hi,
+                       "repeats": len(num), "target": target})
+
+    # (a) overhead of the loop
     ours = build_attack("pgd", eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
-    bare_t, ours_t = [], []
-    for _ in range(args.repeats):
-        t, adv_bare = timed(lambda: bare_loop(src, x, y, eps, alpha, steps), 1)
-        bare_t.append(t)
-        t, adv_ours = timed(lambda: ours.run(src, x, y), 1)
-        ours_t.append(t)
-    record("a", "pgd", "bare loop", statistics.median(bare_t), adv_bare, 1.0)
-    record("a", "pgd", "transferlab", statistics.median(ours_t), adv_ours, ours.forwards_per_step())
+    times, advs = interleaved(
+        {"bare": lambda: bare_loop(src, x, y, eps, alpha, steps), "ours": lambda: ours.run(src, x, y)},
+        args.repeats,
+    )
+    record("a", "pgd", "bare loop", times["bare"], advs["bare"], 1.0)
+    record("a", "pgd", "transferlab", times["ours"], advs["ours"], ours.forwards_per_step())
+    ratio("a", "transferlab PGD / bare forward+backward loop", times["ours"], times["bare"], 1.10)
 
     # (b) against torchattacks, same settings
     pairs = [
@@ -178,14 +201,12 @@ def main(argv=None) -> int:
     for name, method, params, make_ta in pairs:
         mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
         ta = make_ta()
-        t_ta, t_me = [], []
-        for _ in range(args.repeats):
-            t, adv_ta = timed(lambda ta=ta: ta(x, y), 1)
-            t_ta.append(t)
-            t, adv_me = timed(lambda mine=mine: mine.run(src, x, y), 1)
-            t_me.append(t)
-        record("b", name, "torchattacks", statistics.median(t_ta), adv_ta)
-        record("b", name, "transferlab", statistics.median(t_me), adv_me, mine.forwards_per_step())
+        times, advs = interleaved({"ta": lambda ta=ta: ta(x, y), "me": lambda m=mine: m.run(src, x, y)},
+                                  args.repeats)
+        record("b", name, "torchattacks", times["ta"], advs["ta"])
+        record("b", name, "transferlab", times["me"], advs["me"], mine.forwards_per_step())
+        label = name.upper()
+        ratio("b", f"transferlab {label} / torchattacks {label}", times["me"], times["ta"], 1.0)
 
     # (c) IR against PGD
     variants = [
@@ -193,41 +214,34 @@ def main(argv=None) -> int:
         ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
         ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}}),
     ]
-    # interleaved, like (a) and (b): each repeat times every variant once, so all see the same machine state
     xc, yc = x[: args.ir_images], y[: args.ir_images]
     attacks = {name: build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
                for name, method, params in variants}
-    times: dict[str, list[float]] = {name: [] for name in attacks}
-    advs = {}
-    for _ in range(args.repeats):
-        for name, atk in attacks.items():
-            t, advs[name] = timed(lambda atk=atk: atk.run(src, xc, yc), 1)
-            times[name].append(t)
+    times, advs = interleaved({name: lambda a=a: a.run(src, xc, yc) for name, a in attacks.items()},
+                              args.repeats)
     for name, atk in attacks.items():
-        record("c", name, "transferlab", statistics.median(times[name]), advs[name], atk.forwards_per_step(),
-               images=len(yc))
+        record("c", name, "transferlab", times[name], advs[name], atk.forwards_per_step(), images=len(yc))
+    for name in ("ir_official", "ir_pairwise"):
+        ratio("c", f"{name} / PGD per step", times[name], times["pgd"], attacks[name].forwards_per_step())
 
-    table = pd.DataFrame(rows)
+    table, ratio_table = pd.DataFrame(rows), pd.DataFrame(ratios)
+    load_after = os.getloadavg()
     out = Path(args.out)
     atomic_write_csv(out / "speed.csv", table)
-    atomic_write_json(out / "speed.manifest.json", {"args": vars(args), "images": n, **provenance()})
+    atomic_write_csv(out / "ratios.csv", ratio_table)
+    timings = {"total_s": time.perf_counter() - started, "loadavg_1_5_15_before": load_before,
+               "loadavg_1_5_15_after": load_after}
+    atomic_write_json(out / "speed.manifest.json",
+                      {"args": vars(args), "images": n, "timings": timings, **provenance()})
     pd.set_option("display.width", 200)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-
-    def s(part, method, impl):
-        return table[(table.part == part) & (table.method == method) & (table.impl == impl)].seconds.iloc[0]
-
-    print("\nratios (time, same process, median of repeats):")
-    overhead = s("a", "pgd", "transferlab") / s("a", "pgd", "bare loop")
-    print(f"(a) transferlab PGD / bare forward+backward loop: {overhead:.3f}")
-    for name, *_ in pairs:
-        ratio = s("b", name, "transferlab") / s("b", name, "torchattacks")
-        print(f"(b) transferlab {name.upper()} / torchattacks {name.upper()}: {ratio:.3f}")
-    pgd_t = s("c", "pgd", "transferlab")
-    for name in ("ir_official", "ir_pairwise"):
-        f = table[(table.part == "c") & (table.method == name)].forwards_per_image_step.iloc[0]
-        ratio = s("c", name, "transferlab") / pgd_t
-        print(f"(c) {name} / PGD per step: {ratio:.2f} (forwards per image-step: {f:.2f})")
+    print(f"\nratios (time, same process; median of {args.repeats} per-repeat ratios [min, max]); "
+          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}:")
+    for r in ratios:
+        verdict = ("met in every repeat" if r["ratio_max"] <= r["target"]
+                   else "missed in every repeat" if r["ratio_min"] > r["target"] else "mixed across repeats")
+        print(f"({r['part']}) {r['measured']}: {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
+              f"  target <= {r['target']:.2f}: {verdict}")
     return 0
 
 

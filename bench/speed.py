@@ -5,7 +5,7 @@
     model, images and settings, with success rates (white-box and transfer) side by side;
 (c) IR's time per step over PGD's, for `official` (K masks) and `pairwise`, with forwards per step.
 
-Run:  python bench/speed.py --repeats 2          (CIFAR ResNet-20, batch 128, 10 steps; ~15 min on one core)
+Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
 Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
 machine state); a ratio is the median of the per-repeat ratios, with their range. The load average before

@@ -342,11 +342,10 @@ class Experiment:
                 atomic_write_png(folder / f"{item.image_id}.png", image.permute(1, 2, 0).numpy())
             meta["steps"] = attack.steps
             meta["eps_unit"] = attack.eps
-            image_steps = max(1, meta["images"] * max(1, attack.steps))
-            meta["forwards_per_image_step"] = meta["forwards"] / image_steps
-            meta["seconds_per_image_step"] = meta["seconds"] / image_steps
-            cpu_image_steps = meta["cpu_images"] * max(1, attack.steps)
-            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / cpu_image_steps
+            steps = max(1, attack.steps)
+            meta["forwards_per_image_step"] = meta["forwards"] / (meta["images"] * steps)
+            meta["seconds_per_image_step"] = meta["seconds"] / (meta["images"] * steps)
+            meta["cpu_seconds_per_image_step"] = meta["cpu_seconds"] / (meta["cpu_images"] * steps)
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()

@@ -3,10 +3,13 @@
 (a) our PGD loop over a bare forward+backward loop on the same model (overhead);
 (b) our PGD, MI, VMI, DI, TI over torchattacks' PGD, MIFGSM, VMIFGSM, DIFGSM, TIFGSM on the same
     model, images and settings, with success rates (white-box and transfer) side by side;
-(c) IR's time per step over PGD's, for `official` (K masks) and `pairwise`, with forwards per step.
+(c) IR's time per step over PGD's, for `official` (K masks) and `pairwise`, with forwards per step; and,
+    to split the excess over the forward count between our code and the model, IR official over a bare
+    forward+backward loop on the same number of inputs (2K+1 copies per image) in IR's micro-batches.
 
 Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
+      python bench/speed.py --parts c --out results/bench_ir   (part (c) alone; ~10 min on one core)
 Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
 machine state); a ratio is the median of the per-repeat ratios, with their range. The load average before
 and after is recorded: another job on the machine perturbs the ratios by several per cent.
@@ -63,6 +66,14 @@ def bare_loop(model, x, y, eps, alpha, steps):
     return x + delta
 
 
+def bare_copies_loop(model, x, y, eps, alpha, steps, copies: int, micro: int):
+    """The bare loop over `copies` copies of each image, `micro` images (copies·micro inputs) per forward:
+    the model work IR's forward count asks for, without IR's masks, estimates or bookkeeping."""
+    for start in range(0, len(x), micro):
+        xs, ys = x[start : start + micro], y[start : start + micro]
+        bare_loop(model, xs.repeat(copies, 1, 1, 1), ys.repeat(copies), eps, alpha, steps)
+
+
 def interleaved(contenders: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
     """Wall seconds of each contender per repeat, every repeat running each contender once; last outputs."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -105,15 +116,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--max-forward", type=int, default=None,
                    help="model inputs per forward for our attacks (default: as transferlab run at 32 px)")
+    p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'c' (default: abc)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    if not args.parts or set(args.parts) - set("abc"):
+        p.error(f"--parts takes letters from 'abc', got {args.parts!r}")
     if args.quick:
         args.images, args.repeats, args.steps, args.ir_images = 32, 1, 5, 8
     try:
         import torchattacks
     except ImportError:
-        print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
-        return 2
+        if "b" in args.parts:
+            print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
+            return 2
     torch.manual_seed(0)
     started, load_before = time.perf_counter(), os.getloadavg()
     max_forward = args.max_forward or auto_max_forward(32)
@@ -156,73 +171,91 @@ def main(argv=None) -> int:
         ratios.append({"part": part, "measured": measured, "ratio": mid, "ratio_min": lo, "ratio_max": hi,
                        "repeats": len(num), "target": target})
 
-    # (a) overhead of the loop
-    ours = build_attack("pgd", eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
-    times, advs = interleaved(
-        {"bare": lambda: bare_loop(src, x, y, eps, alpha, steps), "ours": lambda: ours.run(src, x, y)},
-        args.repeats,
-    )
-    record("a", "pgd", "bare loop", times["bare"], advs["bare"], 1.0)
-    record("a", "pgd", "transferlab", times["ours"], advs["ours"], ours.forwards_per_step())
-    ratio("a", "transferlab PGD / bare forward+backward loop", times["ours"], times["bare"], 1.10)
+    if "a" in args.parts:
+        # (a) overhead of the loop
+        ours = build_attack("pgd", eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
+        times, advs = interleaved(
+            {"bare": lambda: bare_loop(src, x, y, eps, alpha, steps), "ours": lambda: ours.run(src, x, y)},
+            args.repeats,
+        )
+        record("a", "pgd", "bare loop", times["bare"], advs["bare"], 1.0)
+        record("a", "pgd", "transferlab", times["ours"], advs["ours"], ours.forwards_per_step())
+        ratio("a", "transferlab PGD / bare forward+backward loop", times["ours"], times["bare"], 1.10)
 
-    # (b) against torchattacks, same settings
-    pairs = [
-        (
-            "pgd",
-            "pgd",
-            {},
-            lambda: torchattacks.PGD(src, eps=eps, alpha=alpha, steps=steps, random_start=False),
-        ),
-        ("mi", "mi", {}, lambda: torchattacks.MIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0)),
-        (
-            "vmi",
-            "vmi",
-            {"vt": {"neighbours": 20, "beta": 1.5}},
-            lambda: torchattacks.VMIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0, N=20, beta=1.5),
-        ),
-        (
-            "di",
-            "di",
-            {"di": {"p": 0.5, "resize_rate": 1.1}},
-            lambda: torchattacks.DIFGSM(
-                src, eps=eps, alpha=alpha, steps=steps, decay=0.0, resize_rate=1.1, diversity_prob=0.5
+    if "b" in args.parts:
+        # (b) against torchattacks, same settings
+        pairs = [
+            (
+                "pgd",
+                "pgd",
+                {},
+                lambda: torchattacks.PGD(src, eps=eps, alpha=alpha, steps=steps, random_start=False),
             ),
-        ),
-        (
-            "ti",
-            "ti",
-            {"ti": {"kernel_size": 5, "nsig": 3.0}},
-            lambda: torchattacks.TIFGSM(
-                src, eps=eps, alpha=alpha, steps=steps, decay=0.0, len_kernel=5, nsig=3, diversity_prob=0.0
+            ("mi", "mi", {}, lambda: torchattacks.MIFGSM(src, eps=eps, alpha=alpha, steps=steps, decay=1.0)),
+            (
+                "vmi",
+                "vmi",
+                {"vt": {"neighbours": 20, "beta": 1.5}},
+                lambda: torchattacks.VMIFGSM(
+                    src, eps=eps, alpha=alpha, steps=steps, decay=1.0, N=20, beta=1.5
+                ),
             ),
-        ),
-    ]
-    for name, method, params, make_ta in pairs:
-        mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
-        ta = make_ta()
-        times, advs = interleaved({"ta": lambda ta=ta: ta(x, y), "me": lambda m=mine: m.run(src, x, y)},
-                                  args.repeats)
-        record("b", name, "torchattacks", times["ta"], advs["ta"])
-        record("b", name, "transferlab", times["me"], advs["me"], mine.forwards_per_step())
-        label = name.upper()
-        ratio("b", f"transferlab {label} / torchattacks {label}", times["me"], times["ta"], 1.0)
+            (
+                "di",
+                "di",
+                {"di": {"p": 0.5, "resize_rate": 1.1}},
+                lambda: torchattacks.DIFGSM(
+                    src, eps=eps, alpha=alpha, steps=steps, decay=0.0, resize_rate=1.1, diversity_prob=0.5
+                ),
+            ),
+            (
+                "ti",
+                "ti",
+                {"ti": {"kernel_size": 5, "nsig": 3.0}},
+                lambda: torchattacks.TIFGSM(
+                    src, eps=eps, alpha=alpha, steps=steps, decay=0.0, len_kernel=5, nsig=3,
+                    diversity_prob=0.0,
+                ),
+            ),
+        ]
+        for name, method, params, make_ta in pairs:
+            mine = build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
+            ta = make_ta()
+            times, advs = interleaved({"ta": lambda ta=ta: ta(x, y), "me": lambda m=mine: m.run(src, x, y)},
+                                      args.repeats)
+            record("b", name, "torchattacks", times["ta"], advs["ta"])
+            record("b", name, "transferlab", times["me"], advs["me"], mine.forwards_per_step())
+            label = name.upper()
+            ratio("b", f"transferlab {label} / torchattacks {label}", times["me"], times["ta"], 1.0)
 
-    # (c) IR against PGD
-    variants = [
-        ("pgd", "pgd", {}),
-        ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
-        ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}}),
-    ]
-    xc, yc = x[: args.ir_images], y[: args.ir_images]
-    attacks = {name: build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
-               for name, method, params in variants}
-    times, advs = interleaved({name: lambda a=a: a.run(src, xc, yc) for name, a in attacks.items()},
-                              args.repeats)
-    for name, atk in attacks.items():
-        record("c", name, "transferlab", times[name], advs[name], atk.forwards_per_step(), images=len(yc))
-    for name in ("ir_official", "ir_pairwise"):
-        ratio("c", f"{name} / PGD per step", times[name], times["pgd"], attacks[name].forwards_per_step())
+    if "c" in args.parts:
+        # (c) IR against PGD
+        variants = [
+            ("pgd", "pgd", {}),
+            ("ir_official", "pgd+ir", {"ir": {"variant": "official", "masks": args.masks}}),
+            ("ir_pairwise", "pgd+ir", {"ir": {"variant": "pairwise"}}),
+        ]
+        xc, yc = x[: args.ir_images], y[: args.ir_images]
+        attacks = {
+            name: build_attack(method, params, eps=eps, alpha=alpha, steps=steps, max_forward=max_forward)
+            for name, method, params in variants
+        }
+        official = attacks["ir_official"]
+        copies = official.inputs_per_image()
+        micro = max(1, max_forward // copies)
+        contenders = {name: lambda a=a: a.run(src, xc, yc) for name, a in attacks.items()}
+        contenders["bare_copies"] = lambda: bare_copies_loop(src, xc, yc, eps, alpha, steps, copies, micro)
+        times, advs = interleaved(contenders, args.repeats)
+        for name, atk in attacks.items():
+            record("c", name, "transferlab", times[name], advs[name], atk.forwards_per_step(), images=len(yc))
+        record("c", f"bare loop, {copies} copies per image", "bare loop", times["bare_copies"],
+               forwards=float(copies), images=len(yc))
+        for name in ("ir_official", "ir_pairwise"):
+            ratio("c", f"{name} / PGD per step", times[name], times["pgd"], attacks[name].forwards_per_step())
+        ratio("c", f"bare loop on {copies} copies per image ({micro} images per forward) / PGD per step",
+              times["bare_copies"], times["pgd"], attacks["ir_official"].forwards_per_step())
+        ratio("c", f"ir_official / bare loop on its {copies} inputs per image", times["ir_official"],
+              times["bare_copies"], 1.10)
 
     table, ratio_table = pd.DataFrame(rows), pd.DataFrame(ratios)
     load_after = os.getloadavg()

@@ -9,10 +9,11 @@
 
 Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
-      python bench/speed.py --parts c --out results/bench_ir   (part (c) alone; ~10 min on one core)
+      python bench/speed.py --parts c --out results/bench_ir   (part (c) alone; ~15 min on one core)
 Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
-machine state); a ratio is the median of the per-repeat ratios, with their range. The load average before
-and after is recorded: another job on the machine perturbs the ratios by several per cent.
+machine state); a ratio is the median of the per-repeat ratios, with their range, on wall time and on the
+process's CPU time. The load average before and after is recorded: another job on the machine perturbs
+wall-time ratios by several per cent, CPU-time ratios less.
 Writes results/bench/speed.csv, ratios.csv and speed.manifest.json (or --out DIR).
 """
 
@@ -24,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -74,15 +76,24 @@ def bare_copies_loop(model, x, y, eps, alpha, steps, copies: int, micro: int):
         bare_loop(model, xs.repeat(copies, 1, 1, 1), ys.repeat(copies), eps, alpha, steps)
 
 
-def interleaved(contenders: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
-    """Wall seconds of each contender per repeat, every repeat running each contender once; last outputs."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+class Timing(NamedTuple):
+    """Seconds per repeat on two clocks: wall, and this process's CPU time (which, on one torch thread,
+    other jobs on the machine perturb much less than wall time)."""
+
+    wall: list[float]
+    cpu: list[float]
+
+
+def interleaved(contenders: dict, repeats: int) -> tuple[dict[str, Timing], dict]:
+    """Timing of each contender per repeat, every repeat running each contender once; last outputs."""
+    times = {name: Timing([], []) for name in contenders}
     outs = {}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs[name] = fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].wall.append(time.perf_counter() - t0)
+            times[name].cpu.append(time.process_time() - c0)
     return times, outs
 
 
@@ -144,9 +155,9 @@ def main(argv=None) -> int:
     )
     rows = []
 
-    def record(part, name, impl, repeats: list[float], adv=None, forwards=None, images=None):
+    def record(part, name, impl, timing: Timing, adv=None, forwards=None, images=None):
         k = images or n
-        seconds = statistics.median(repeats)
+        repeats, seconds = timing.wall, statistics.median(timing.wall)
         row = {
             "part": part,
             "method": name,
@@ -156,6 +167,7 @@ def main(argv=None) -> int:
             "seconds_min": min(repeats),
             "seconds_max": max(repeats),
             "s_per_image_step": seconds / (k * steps),
+            "cpu_seconds": statistics.median(timing.cpu),
             "forwards_per_image_step": forwards,
         }
         if adv is not None:
@@ -166,10 +178,11 @@ def main(argv=None) -> int:
 
     ratios = []
 
-    def ratio(part, measured, num, den, target):
-        mid, lo, hi = paired_ratio(num, den)
-        ratios.append({"part": part, "measured": measured, "ratio": mid, "ratio_min": lo, "ratio_max": hi,
-                       "repeats": len(num), "target": target})
+    def ratio(part, measured, num: Timing, den: Timing, target):
+        for clock in Timing._fields:
+            mid, lo, hi = paired_ratio(getattr(num, clock), getattr(den, clock))
+            ratios.append({"part": part, "measured": measured, "clock": clock, "ratio": mid, "ratio_min": lo,
+                           "ratio_max": hi, "repeats": len(num.wall), "target": target})
 
     if "a" in args.parts:
         # (a) overhead of the loop
@@ -273,8 +286,8 @@ def main(argv=None) -> int:
     for r in ratios:
         verdict = ("met in every repeat" if r["ratio_max"] <= r["target"]
                    else "missed in every repeat" if r["ratio_min"] > r["target"] else "mixed across repeats")
-        print(f"({r['part']}) {r['measured']}: {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
-              f"  target <= {r['target']:.2f}: {verdict}")
+        print(f"({r['part']}) {r['measured']} [{r['clock']}]: {r['ratio']:.3f} "
+              f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  target <= {r['target']:.2f}: {verdict}")
     return 0
 
 

@@ -254,8 +254,7 @@ def main(argv=None) -> int:
             for name, method, params in variants
         }
         official = attacks["ir_official"]
-        copies = official.inputs_per_image()
-        micro = max(1, max_forward // copies)
+        copies, micro = official.inputs_per_image(), official.images_per_forward()
         contenders = {name: lambda a=a: a.run(src, xc, yc) for name, a in attacks.items()}
         contenders["bare_copies"] = lambda: bare_copies_loop(src, xc, yc, eps, alpha, steps, copies, micro)
         times, advs = interleaved(contenders, args.repeats)
@@ -266,7 +265,7 @@ def main(argv=None) -> int:
         for name in ("ir_official", "ir_pairwise"):
             ratio("c", f"{name} / PGD per step", times[name], times["pgd"], attacks[name].forwards_per_step())
         ratio("c", f"bare loop on {copies} copies per image ({micro} images per forward) / PGD per step",
-              times["bare_copies"], times["pgd"], attacks["ir_official"].forwards_per_step())
+              times["bare_copies"], times["pgd"], official.forwards_per_step())
         ratio("c", f"ir_official / bare loop on its {copies} inputs per image", times["ir_official"],
               times["bare_copies"], 1.10)
 

@@ -204,7 +204,7 @@ class Attack:
             raise ValueError(f"expected x (B,C,H,W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
         keys = list(range(x.shape[0])) if keys is None else list(keys)
         streams = ImageStreams.for_keys(self.seed, keys, *scope, device=x.device)
-        micro = max(1, self.max_forward // self.inputs_per_image())
+        micro = self.images_per_forward()
         out = torch.empty_like(x)
         self.forwards_total = 0
         for start in range(0, x.shape[0], micro):
@@ -314,6 +314,10 @@ class Attack:
         """Peak model inputs per image in one forward: the data term's copies or a component's extra batch."""
         data = math.prod(c.batch_multiplier() for c in self.components)
         return max(1, data, *(c.extra_forwards() for c in self.components))
+
+    def images_per_forward(self) -> int:
+        """Images per micro-batch: as many as fit `max_forward` model inputs (at least one)."""
+        return max(1, self.max_forward // self.inputs_per_image())
 
     def passes_per_step(self) -> float:
         """Planned forward(+backward) passes per image per step."""

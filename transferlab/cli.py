@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,15 +24,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from transferlab.plan import print_plan
 
         return print_plan(cfg, out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
     t0 = time.time()
-    exp = Experiment(cfg, out, progress=not args.quiet, config_path=str(args.config))
-    report = exp.run()
-    results = report["results"]
+    exp = Experiment(
+        cfg, out, progress=not args.quiet, config_path=str(args.config), overrides=args.overrides
+    )
+    exp.run(fresh=args.fresh)
     print(f"\n{cfg['name']}: {len(exp.jobs())} attack jobs, outputs in {out}/ ({time.time() - t0:.1f} s)")
     print((out / "table.md").read_text().split("## Error rate")[0])
-    del results
     return 0
 
 
@@ -86,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run", action="store_true", help="resolve models, weights and attacks; print the plan"
     )
-    run.add_argument("--fresh", action="store_true", help="delete the output directory first")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="first remove the transferlab run in --out (refuses any other folder; see README)",
+    )
     run.add_argument("--only", metavar="A,B", help="run only these attacks of the config (comma-separated)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
@@ -123,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (TransferlabError, FileNotFoundError) as exc:
         print(f"transferlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, ...: name the file, not a traceback
+        where = f" writing {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or str(exc)
+        print(f"transferlab: error:{where}: {reason}; finished work is saved, fix this and run the same "
+              "command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -11,12 +11,15 @@ import copy
 import difflib
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from transferlab.errors import ConfigError
+from transferlab.names import check_name
 
 ANY = object()  # a free-form value (e.g. reference numbers)
 
@@ -67,8 +70,64 @@ CHOICES = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, with YAML 1.2 floats: `1e9` and `1E-3` are numbers, not strings."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in list("-+0123456789."):
+    _Loader.yaml_implicit_resolvers[_first] = [
+        r for r in _Loader.yaml_implicit_resolvers.get(_first, []) if r[0] != "tag:yaml.org,2002:float"
+    ]
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, [_first])
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no code), reading `1e9` as a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _fail(where: str, msg: str) -> None:
     raise ConfigError(f"{where}: {msg}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_loop_value(key: str, value: Any, path: str, where: str) -> Any:
+    """One loop setting (`attack_defaults` or an attack entry), checked by type and range.
+
+    ε and α in 1/255 steps: 0 < ε ≤ 255 and 0 < α ≤ 255 (for L2: the RMS per pixel, same bounds);
+    steps, batch_size and max_forward are positive integers; random_start is true, false or null.
+    """
+    where_key = f"'{path}'"
+    if key == "norm":
+        if value not in ("linf", "l2"):
+            _fail(where, f"{where_key} must be 'linf' or 'l2', got {value!r}")
+    elif key in ("eps", "alpha"):
+        if not _number(value):
+            _fail(where, f"{where_key} must be a number (in 1/255 steps), got {value!r}")
+        if not 0 < value <= 255:
+            _fail(where, f"{where_key} must be in (0, 255] (1/255 steps), got {value!r}")
+        value = float(value)
+    elif key in ("steps", "batch_size") or (key == "max_forward" and value is not None):
+        if not isinstance(value, int) or isinstance(value, bool):
+            _fail(where, f"{where_key} must be a positive integer, got {value!r}")
+        if value < 1:
+            _fail(where, f"{where_key} must be a positive integer, got {value!r}")
+    elif key == "random_start":
+        if value is not None and not isinstance(value, bool):
+            _fail(where, f"{where_key} must be true, false or null (unquoted), got {value!r}")
+    return value
 
 
 def _check(user: Any, schema: Any, path: str, where: str) -> Any:
@@ -92,7 +151,8 @@ def _check(user: Any, schema: Any, path: str, where: str) -> Any:
     value = user
     if path in CHOICES and value not in CHOICES[path]:
         _fail(where, f"'{path}' must be one of {CHOICES[path]}, got {value!r}")
-    if schema is not None and value is not None and not _same_kind(value, schema):
+    loop_key = path.startswith("attack_defaults.")  # checked with the attack entries' rules
+    if schema is not None and value is not None and not loop_key and not _same_kind(value, schema):
         _fail(where, f"'{path}' must be {type(schema).__name__}, got {value!r}")
     return copy.deepcopy(value)
 
@@ -106,8 +166,10 @@ def _default(sub: Any) -> Any:
 def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return _number(value)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, type(default))
 
 
@@ -122,8 +184,11 @@ def _check_attacks(cfg: dict, where: str) -> None:
     if not isinstance(attacks, dict) or not attacks:
         _fail(where, "'attacks' must be a non-empty mapping of attack name -> {method: ..., ...}")
     defaults = cfg["attack_defaults"]
+    for key, value in defaults.items():
+        defaults[key] = check_loop_value(key, value, f"attack_defaults.{key}", where)
     for name, spec in list(attacks.items()):
         path = f"attacks.{name}"
+        check_name(name, f"attack name '{path}'", where)
         if spec is None or isinstance(spec, str):
             spec = {"method": spec or name}
         if not isinstance(spec, dict):
@@ -138,10 +203,7 @@ def _check_attacks(cfg: dict, where: str) -> None:
             _fail(where, f"'{path}.method': {exc}")
         resolved = {"method": method}
         for key, default in defaults.items():
-            value = spec.pop(key, default)
-            if key == "norm" and value not in ("linf", "l2"):
-                _fail(where, f"'{path}.norm' must be 'linf' or 'l2', got {value!r}")
-            resolved[key] = value
+            resolved[key] = check_loop_value(key, spec.pop(key, default), f"{path}.{key}", where)
         params = {}
         for key, value in spec.items():
             if key not in components:
@@ -162,7 +224,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, _, raw = text.partition("=")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not a valid YAML scalar ({exc})") from None
+    return key.strip().split("."), value
 
 
 def apply_override(raw: dict, keys: list[str], value: Any) -> None:
@@ -180,7 +246,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -196,13 +262,57 @@ def validate(raw: dict, where: str = "<config>") -> dict:
     if cfg["attacks"] is None:
         _fail(where, "missing 'attacks'")
     _check_attacks(cfg, where)
-    for key in ("sources", "targets"):
-        if not isinstance(cfg["models"][key], list) or not cfg["models"][key]:
-            _fail(where, f"'models.{key}' must be a non-empty list of model names")
-    limit = cfg["data"]["limit"]
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        _fail(where, f"'data.limit' must be a positive integer or null, got {limit!r}")
+    check_name(cfg["name"], "'name'", where)
+    _check_models(cfg["models"], where)
+    _check_data(cfg["data"], where)
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
+        _fail(where, f"'seed' must be a non-negative integer, got {cfg['seed']!r}")
+    every = cfg["eval"]["record_every"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        _fail(where, f"'eval.record_every' must be an integer >= 0, got {every!r}")
     return cfg
+
+
+def _check_models(models: dict, where: str) -> None:
+    for key in ("sources", "targets"):
+        names = models[key]
+        if not isinstance(names, list) or not names:
+            _fail(where, f"'models.{key}' must be a non-empty list of model names")
+        for k, name in enumerate(names):
+            check_name(name, f"model name 'models.{key}[{k}]'", where)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            _fail(where, f"'models.{key}' names {twice} more than once")
+    for key in ("weights_dir",):
+        if models[key] is not None and not isinstance(models[key], str):
+            _fail(where, f"'models.{key}' must be a folder path, got {models[key]!r}")
+    weights = models["weights"]
+    if weights is None:
+        return
+    if not isinstance(weights, dict):
+        _fail(where, f"'models.weights' must map model names to checkpoint paths, got {weights!r}")
+    known = list(dict.fromkeys([*models["sources"], *models["targets"]]))
+    for name, file in weights.items():
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean 'models.weights.{close[0]}'?)" if close else ""
+            _fail(where, f"'models.weights.{name}' names no model of the run{hint}; its models: {known}")
+        if not isinstance(file, str) or not file.strip():
+            _fail(where, f"'models.weights.{name}' must be a checkpoint path (optionally path#sha256=<hex>)")
+
+
+def _check_data(data: dict, where: str) -> None:
+    limit = data["limit"]
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        _fail(where, f"'data.limit' must be a positive integer or null, got {limit!r}")
+    resolution = data["resolution"]
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or not 8 <= resolution <= 4096:
+        _fail(where, f"'data.resolution' must be an integer number of pixels in [8, 4096], got {resolution!r}")
+    crop = data["crop_pct"]
+    if not _number(crop) or not 0 < crop <= 1:
+        _fail(where, f"'data.crop_pct' must be a number in (0, 1], got {crop!r}")
+    if data["root"] is not None and not isinstance(data["root"], str):
+        _fail(where, f"'data.root' must be a folder path, got {data['root']!r}")
 
 
 def config_hash(cfg: dict, ignore: tuple[str, ...] = ("description",)) -> str:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from transferlab.errors import TransferlabError
+from transferlab.names import is_safe_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -164,21 +165,44 @@ def folder_items(root: Path) -> tuple[list[Item], list[str]]:
     return items, classes
 
 
+def check_items(items: list[Item], where: str) -> list[Item]:
+    """Refuse image ids that could escape the run directory or that two files share.
+
+    An id names the image's files (`clean/<id>.png`, `adv/.../<id>.png`): two files with one id would be
+    attacked as "the same" image, and an id such as `../x` would write outside the run.
+    """
+    seen: dict[str, Item] = {}
+    for item in items:
+        if not is_safe_name(item.image_id):
+            raise DataError(
+                f"{where}: image id {item.image_id!r} (from {item.path}) cannot be a file name: ids must start "
+                "with a letter or digit and use only letters, digits and _ . + = @ , - (no '/', no '..')"
+            )
+        if item.image_id in seen:
+            raise DataError(
+                f"{where}: two images have the id {item.image_id!r}: {seen[item.image_id].path} and "
+                f"{item.path}; remove or rename one (an id must name one image)"
+            )
+        seen[item.image_id] = item
+    return items
+
+
 def open_dataset(data_cfg: dict) -> Dataset:
     """Build the dataset named by a config's `data` section."""
     kind = data_cfg["kind"]
     root = Path(data_cfg["root"]).expanduser() if data_cfg.get("root") else None
     num_classes = 1000
     if kind == "samples":
-        items = sample_items(root)
+        items = check_items(sample_items(root), f"samples in {root or samples_root()}")
     elif kind == "nips17":
         if root is None:
             raise DataError("data.root must name the NIPS'17 folder (holding images.csv and images/)")
-        items = nips17_items(root)
+        items = check_items(nips17_items(root), str(root / "images.csv"))
     elif kind == "folder":
         if root is None:
             raise DataError("data.root must name the class-per-folder image tree")
         items, classes = folder_items(root)
+        check_items(items, f"image folder {root}")
         num_classes = len(classes)
     else:
         raise DataError(f"unknown data.kind {kind!r}")

@@ -3,6 +3,8 @@
 Layout of a run directory (the output contract):
 
     clean/<image_id>.png                 clean image at attack resolution, 8-bit
+    run.json                             marker and identity: data settings, every model's weights sha256
+    .locks/                              the writer lock (transferlab.rundir)
     clean.csv                            clean prediction of every model on every scanned image
     adv/<attack>/<source>/<image_id>.png quantised adversarial image
     adv/<attack>/<source>/job.json       the job's settings key, timings, cost per step
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +39,24 @@ from transferlab.data import Dataset, Item, open_dataset, to_float
 from transferlab.errors import TransferlabError
 from transferlab.eval.quantize import perturbation_norms, quantize
 from transferlab.interaction.scores import margin
-from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_png, read_png
+from transferlab.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_png,
+    read_png,
+    remove_stale_temporaries,
+    try_read_png,
+)
 from transferlab.provenance import provenance
+from transferlab.rundir import (
+    RunLock,
+    check_identity,
+    check_output_dir,
+    describe_fresh,
+    fresh_plan,
+    make_dir,
+    remove_entries,
+)
 
 CLEAN_COLUMNS = ["image_id", "label", "model", "pred", "loss", "margin"]
 
@@ -55,6 +74,23 @@ class Job:
     @property
     def dir_parts(self) -> tuple[str, str]:
         return self.attack, self.source
+
+
+KEY_FORMAT = 2  # job keys include the source's weights digest
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """Identity of a model's weights: the sha256 of the checkpoint file it was loaded from, else of its
+    parameters and buffers (timm hub weights, models built in code)."""
+    sha = getattr(model, "weights_sha256", None)
+    if sha:
+        return f"sha256:{sha}"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"state-sha256:{digest.hexdigest()}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,19 +134,34 @@ def attack_from_spec(name: str, spec: dict, resolution: int, seed: int):
 class Experiment:
     """Runs a validated config into `out_dir`."""
 
-    def __init__(self, cfg: dict, out_dir: str | Path, progress: bool = True, config_path: str | None = None):
+    def __init__(
+        self,
+        cfg: dict,
+        out_dir: str | Path,
+        progress: bool = True,
+        config_path: str | None = None,
+        overrides: list[str] | tuple[str, ...] = (),
+    ):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.progress = progress
         self.config_path = config_path
+        self.overrides = list(overrides)
         self.device = resolve_device(cfg["device"])
         self.dataset: Dataset = open_dataset(cfg["data"])
         self.resolution = self.dataset.resolution
         self._models: dict[str, torch.nn.Module] = {}
         self._warm: set[str] = set()
         self.timings: dict[str, float] = {}
+        self.notices: list[str] = []
+        self.digests: dict[str, str] = {}
         # the code that runs is the code at the start of this invocation, not at the report
         self.provenance = provenance()
+
+    def notice(self, text: str) -> None:
+        """Tell the user something they must know about this run (stderr), and keep it for the manifest."""
+        self.notices.append(text)
+        print(f"transferlab: note: {text}", file=sys.stderr)
 
     # ------------------------------------------------------------------ models
     @property
@@ -136,36 +187,75 @@ class Experiment:
             for source in self.cfg["models"]["sources"]
         ]
 
-    def job_key(self, job: Job) -> str:
-        """Everything that determines a job's images; `data.limit` is not part of it (more images extend)."""
-        data = {k: v for k, v in self.cfg["data"].items() if k not in ("limit", "on_error")}
+    def data_identity(self) -> dict:
+        """The data settings that decide which clean images a run holds (`data.limit` only extends)."""
+        return {k: v for k, v in self.cfg["data"].items() if k not in ("limit", "on_error")}
+
+    def job_key(self, job: Job, legacy: bool = False) -> str:
+        """Everything that determines a job's images: attack settings, seed, data and the source's weights
+        (by digest); `data.limit` is not part of it (more images extend). `legacy`: the key runs made
+        before weights digests were recorded used."""
         payload = {
             "attack": job.spec,
             "source": job.source,
             "seed": self.cfg["seed"],
-            "data": data,
+            "data": self.data_identity(),
             "weights": (self.cfg["models"].get("weights") or {}).get(job.source),
         }
+        if not legacy:
+            payload["weights_digest"] = self.digests[job.source]
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def load_models(self) -> dict[str, str]:
+        """Load every model of the run (this validates weights before anything is written) and return
+        name -> weights digest."""
+        for name in self.model_names:
+            self.digests[name] = model_digest(self.model(name))
+        return dict(self.digests)
+
+    def model_files(self) -> dict[str, dict]:
+        """Every loaded model's weights file and digest, for the manifest."""
+        return {
+            name: {"path": getattr(self._models.get(name), "weights_path", None), "digest": digest}
+            for name, digest in self.digests.items()
+        }
 
     def build(self, job: Job):
         return attack_from_spec(job.attack, job.spec, self.resolution, self.cfg["seed"])
 
     # ------------------------------------------------------------------ run
-    def run(self) -> dict[str, Any]:
-        started = time.time()
-        self.out.mkdir(parents=True, exist_ok=True)
-        eligible = self.select_images()
-        for job in self.jobs():
-            self.attack_job(job, eligible[job.source])
-        for job in self.jobs():
-            for target in self.cfg["models"]["targets"]:
-                self.evaluate(job, target, eligible[job.source])
-        from transferlab.eval.report import write_reports
+    def run(self, fresh: bool = False) -> dict[str, Any]:
+        """Run every job into the output directory, holding its writer lock.
 
-        records = self.records(eligible)
-        self.timings["total_s"] = time.time() - started
-        return write_reports(self, records)
+        fresh: first remove the run already in the directory (only a transferlab run, only the files
+        transferlab writes, and only after the config, the data and every model's weights loaded).
+        """
+        started = time.time()
+        if fresh:
+            remove, keep = fresh_plan(self.out)
+        else:
+            check_output_dir(self.out)
+        self.load_models()
+        make_dir(self.out)
+        with RunLock(self.out):
+            if fresh and remove:
+                print(f"transferlab: {describe_fresh(self.out, remove, keep)}", file=sys.stderr)
+                remove_entries(remove)
+            swept = remove_stale_temporaries(self.out)
+            if swept:
+                self.notice(f"removed {len(swept)} temporary files a killed run left in {self.out}")
+            _, self.legacy = check_identity(self.out, self.data_identity(), self.digests)
+            eligible = self.select_images()
+            for job in self.jobs():
+                self.attack_job(job, eligible[job.source])
+            for job in self.jobs():
+                for target in self.cfg["models"]["targets"]:
+                    self.evaluate(job, target, eligible[job.source])
+            from transferlab.eval.report import write_reports
+
+            records = self.records(eligible)
+            self.timings["total_s"] = time.time() - started
+            return write_reports(self, records)
 
     # ------------------------------------------------------------------ clean predictions
     def select_images(self) -> dict[str, list[Item]]:
@@ -177,6 +267,8 @@ class Experiment:
         sources = self.cfg["models"]["sources"]
         clean_path = self.out / "clean.csv"
         known = pd.read_csv(clean_path, dtype={"image_id": str}) if clean_path.exists() else None
+        if known is not None and self.legacy:
+            self._verify_cached_clean(known)
         rows: list[pd.DataFrame] = [] if known is None else [known]
         done = set() if known is None else set(zip(known.image_id, known.model))
         eligible: dict[str, list[Item]] = {s: [] for s in sources}
@@ -227,7 +319,39 @@ class Experiment:
                 raise RunError(
                     f"no image is eligible for source {s} (rule '{rule}'); check labels and weights"
                 )
+            if limit and len(items) < limit:
+                self.notice(
+                    f"data.limit={limit} but only {len(items)} of the {self.scanned} images in the dataset are "
+                    f"eligible for source {s} (rule '{rule}'): the run attacks {len(items)}"
+                )
         return eligible
+
+    def _verify_cached_clean(self, known: pd.DataFrame, count: int = 16) -> None:
+        """A run made before weights digests were recorded: recompute the clean predictions of its first
+        images with this invocation's weights and refuse when they differ from the cached ones (the
+        cache then belongs to other weights). When they agree, the digests now recorded stand for them."""
+        ids = list(dict.fromkeys(known.image_id))[:count]
+        by_id = {i.image_id: i for i in self.dataset.items}
+        items = [by_id[i] for i in ids if i in by_id]
+        if not items:
+            return
+        items, images = self.dataset.load(items)
+        fresh = self._clean_predictions(items, images, done=set())
+        merged = fresh.merge(known, on=["image_id", "model"], suffixes=("", "_cached"))
+        tol = 1e-3 * (1 + merged.loss.abs())
+        bad = merged[(merged.pred != merged.pred_cached) | ((merged.loss - merged.loss_cached).abs() > tol)]
+        if len(bad):
+            row = bad.iloc[0]
+            raise RunError(
+                f"{self.out} holds clean predictions of {row.model} that this invocation's weights do not "
+                f"reproduce (image {row.image_id}: loss {row.loss_cached:.6g} cached, {row.loss:.6g} now): "
+                "the run was made with other weights. Use another --out, or --fresh to start over"
+            )
+        self.notice(
+            f"{self.out} was made before weights digests were recorded; the cached clean predictions of "
+            f"{len(items)} images agree with this invocation's weights for every model, so its digests are "
+            "recorded for the run from now on"
+        )
 
     def _clean_predictions(self, items, images, done) -> pd.DataFrame | None:
         frames = []
@@ -271,8 +395,12 @@ class Experiment:
 
     def _save_clean(self, item: Item, image: torch.Tensor) -> None:
         path = self.out / "clean" / f"{item.image_id}.png"
+        array = image.permute(1, 2, 0).numpy()
         if not path.exists():
-            atomic_write_png(path, image.permute(1, 2, 0).numpy())
+            atomic_write_png(path, array)
+        elif not np.array_equal(try_read_png(path), array):
+            self.notice(f"cached clean image {path} is damaged or stale: rewriting it from {item.path}")
+            atomic_write_png(path, array)
 
     # ------------------------------------------------------------------ attacks
     def adv_dir(self, job: Job) -> Path:
@@ -284,6 +412,9 @@ class Experiment:
         meta_path = folder / "job.json"
         key = self.job_key(job)
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if meta is not None and meta.get("key_format") != KEY_FORMAT and meta["key"] == self.job_key(job, True):
+            meta.update(key=key, key_format=KEY_FORMAT)  # a job of a run adopted by _verify_cached_clean
+            atomic_write_json(meta_path, meta)
         if meta is not None and meta["key"] != key:
             raise RunError(
                 f"{folder} holds attack '{job.attack}' on {job.source} with other settings "
@@ -291,6 +422,7 @@ class Experiment:
             )
         meta = meta or {
             "key": key,
+            "key_format": KEY_FORMAT,
             "attack": job.attack,
             "source": job.source,
             "spec": job.spec,
@@ -300,7 +432,7 @@ class Experiment:
             "images": 0,
             "forwards": 0,
         }
-        todo = [i for i in items if not (folder / f"{i.image_id}.png").exists()]
+        todo = [i for i in items if not self._usable_adv(job, i)]
         if not todo:
             return
         # jobs started before CPU time was kept: their CPU time covers only the images attacked since
@@ -349,6 +481,33 @@ class Experiment:
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()
+
+    def _usable_adv(self, job: Job, item: Item) -> bool:
+        """Whether the cached adversarial PNG of `item` exists, reads, has the run's size and lies in the
+        ε-ball of its clean image. A damaged one is reported and recomputed (with its job's evaluations)."""
+        path = self.adv_dir(job) / f"{item.image_id}.png"
+        if not path.exists():
+            return False
+        adv = try_read_png(path)
+        clean = try_read_png(self.out / "clean" / f"{item.image_id}.png")
+        problem = None
+        if adv is None:
+            problem = "is not a readable PNG"
+        elif clean is None or adv.shape != clean.shape:
+            problem = f"has shape {adv.shape}, the clean image {None if clean is None else clean.shape}"
+        else:
+            eps, _ = loop_units(job.spec, self.resolution)
+            delta = adv.astype(np.int16) - clean.astype(np.int16)
+            size = np.abs(delta).max() if job.spec["norm"] == "linf" else np.sqrt((delta.astype(float) ** 2).sum())
+            if size > eps * 255 + 1e-3:
+                problem = f"lies outside the ε-ball ({job.spec['norm']} {size:.4g} levels > {eps * 255:.4g})"
+        if problem is None:
+            return True
+        self.notice(f"cached adversarial image {path} {problem}: recomputing it")
+        path.unlink()
+        for stale in (self.out / "evals").glob(f"{job.attack}__{job.source}__*.csv"):
+            stale.unlink()
+        return False
 
     def warm_up(self, source: str, x: torch.Tensor) -> None:
         """One untimed forward+backward of the source on a batch before its first timed attack, so that

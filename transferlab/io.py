@@ -11,13 +11,26 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+TMP_SUFFIX = ".tmp"
+
+
+def _file_mode() -> int:
+    """0666 less the process umask: what `open()` would give, not mkstemp's private 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -55,3 +68,26 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG written by `atomic_write_png` as HxWx3 uint8."""
     with Image.open(path) as im:
         return np.array(im.convert("RGB"))
+
+
+def try_read_png(path: str | os.PathLike) -> np.ndarray | None:
+    """The PNG as HxWx3 uint8, or None when it is missing, truncated or not an image."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Delete the `.<name>.<random>.tmp` files a killed writer left under `root`; return them.
+
+    Only names of the form `atomic_write_bytes` creates are touched; call it while holding the run's lock.
+    """
+    removed = []
+    for path in Path(root).rglob(f".*{TMP_SUFFIX}"):
+        if path.is_file() and path.name.count(".") >= 3:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

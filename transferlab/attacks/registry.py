@@ -58,9 +58,10 @@ def resolve_component(name: str) -> type[Component]:
         module_name, _, attr = name.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except Exception as exc:  # a plug-in may fail on import in any way: say which one, no traceback
             raise ConfigError(
-                f"cannot import plug-in module {module_name!r} for component {name!r}: {exc}"
+                f"cannot import plug-in module {module_name!r} for component {name!r}: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         cls = getattr(module, attr, None)
         if not (isinstance(cls, type) and issubclass(cls, Component)):

@@ -48,15 +48,40 @@ def markdown_table(results: pd.DataFrame, metric: str, reference: dict | None = 
     return "\n".join(lines)
 
 
-def table_markdown(results: pd.DataFrame, cfg: dict, costs: pd.DataFrame, gains: pd.DataFrame) -> str:
+def settings_section(cfg: dict, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The settings every attack ran with, from the resolved config (not the config's free text)."""
+    lines = ["| attack | method | norm | ε | α | steps | random start | parameters |", "|---|" + "---|" * 7]
+    for name, spec in cfg["attacks"].items():
+        method = "+".join(str(m) for m in np.atleast_1d(spec["method"]))
+        start = {None: "default", True: "yes", False: "no"}[spec["random_start"]]
+        params = "; ".join(f"{k}: {v}" for k, v in spec["params"].items()) or "-"
+        lines.append(
+            f"| {name} | {method} | {spec['norm']} | {spec['eps']:g} | {spec['alpha']:g} | {spec['steps']} "
+            f"| {start} | {params} |"
+        )
+    note = f"Overrides on the command line: `{' '.join(overrides)}`.\n\n" if overrides else ""
+    return "\n## Settings (as run; ε, α in 1/255)\n\n" + note + "\n".join(lines) + "\n"
+
+
+def table_markdown(
+    results: pd.DataFrame,
+    cfg: dict,
+    costs: pd.DataFrame,
+    gains: pd.DataFrame,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> str:
+    description = cfg.get("description", "").strip()
     parts = [
         f"# {cfg['name']}\n",
-        cfg.get("description", "").strip() + "\n" if cfg.get("description") else "",
+        f"Config description (as written; the settings that ran are listed below): {description}\n"
+        if description
+        else "",
         "Transfer success: fraction of attacked images the target misclassifies after the attack, over the "
         "images it classifies correctly when clean (white-box column: the source itself). Fixed budget "
         "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
         "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n",
         markdown_table(results, "transfer_success", cfg.get("reference")),
+        settings_section(cfg, overrides),
         gains_section(gains),
         best_step_section(results),
         "\n## Error rate over all attacked images\n",
@@ -191,11 +216,12 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
     atomic_write_csv(out / "costs.csv", costs)
     gains = gains_over(records, baseline="pgd", seed=cfg["seed"])
     atomic_write_csv(out / "gains.csv", gains)
-    atomic_write_text(out / "table.md", table_markdown(results, cfg, costs, gains))
+    atomic_write_text(out / "table.md", table_markdown(results, cfg, costs, gains, exp.overrides))
     transfer_plot(results, out / "transfer.png", cfg["name"])
     manifest = {
         "config": cfg,
         "config_path": exp.config_path,
+        "overrides": exp.overrides,
         "seed": cfg["seed"],
         "device": str(exp.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -204,6 +230,8 @@ def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
             s: int(records[records.source == s].image_id.nunique()) for s in records.source.unique()
         },
         "skipped_files": [list(s) for s in exp.dataset.skipped],
+        "weights": exp.model_files(),
+        "notices": exp.notices,
         "timings": exp.timings,
         "jobs": costs.to_dict(orient="records"),
         **exp.provenance,

@@ -1,0 +1,350 @@
+"""The run directory: what marks a folder as a transferlab run, its writer lock, `--fresh` and its identity.
+
+A run directory holds `run.json` (the marker: format and the run's identity — the data settings and the
+sha256 of every model's weights), the outputs listed in `experiment.py`, and `.locks/`. Everything that
+writes into a run holds a lock first:
+
+- `.locks/run.lock` is the whole-run lock (`transferlab run`, `interaction`, `correlate`); it excludes
+  every other writer;
+- a shard of a run (`.locks/shard-<K>-of-<N>.lock`) excludes the whole-run lock and the same shard only,
+  so that shards of one config can share a directory.
+
+A lock file holds the holder's pid, host, process start time and command. A lock whose holder is gone
+(same host, no such process, or a new process under a recycled pid) is stale and is taken over; a lock
+held on another host is never broken automatically (the message says which file to delete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transferlab.errors import TransferlabError
+from transferlab.io import atomic_write_json
+
+MARKER = "run.json"
+LOCKS = ".locks"
+FORMAT = 1
+WHOLE_RUN = "run"
+
+#: files and folders `transferlab run`, `interaction` and `correlate` write at the top of a run directory
+RUN_FILES = (
+    MARKER,
+    "manifest.json",
+    "clean.csv",
+    "records.csv",
+    "results.csv",
+    "costs.csv",
+    "gains.csv",
+    "table.md",
+    "transfer.png",
+    "interaction.csv",
+    "interaction.manifest.json",
+    "correlation.csv",
+    "correlation.png",
+    "correlation.manifest.json",
+    "interaction_by_attack.csv",
+    "interaction_by_attack.png",
+)
+RUN_FOLDERS = ("clean", "adv", "evals", "steps", LOCKS)
+
+
+class RunDirError(TransferlabError):
+    """The output directory cannot be used (not a run, locked, not writable); the message says why."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process holds a conflicting lock on the run directory."""
+
+
+# ---------------------------------------------------------------- what a run is
+
+
+def is_run(path: Path) -> bool:
+    """True for a folder `transferlab run` wrote: it has `run.json`, or (runs made before the marker
+    existed) a `clean.csv` or a `manifest.json` with a resolved config beside `adv/`."""
+    if (path / MARKER).is_file() or (path / "clean.csv").is_file():
+        return True
+    manifest = path / "manifest.json"
+    if manifest.is_file() and (path / "adv").is_dir():
+        try:
+            return "config" in json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def is_empty(path: Path) -> bool:
+    """A folder holding nothing, or only a lock folder (a run killed before it wrote its marker)."""
+    return all(child.name == LOCKS for child in path.iterdir())
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse an `--out` that is a file, lies under a file, or is a folder with foreign content.
+
+    Nothing is created here: a refused directory is left exactly as it was.
+    """
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == path else f"lies under {parent}, which is a file"
+            raise RunDirError(f"output directory {path} {what}; choose a folder for --out")
+        if parent.exists():
+            break
+    if path.is_dir() and not is_run(path) and not is_empty(path):
+        raise RunDirError(
+            f"{path} is not empty and is not a transferlab run (no {MARKER}, clean.csv or manifest.json): "
+            "refusing to write into it; choose a new or empty folder for --out"
+        )
+
+
+def make_dir(path: Path) -> None:
+    """mkdir -p with a one-line error naming the folder (read-only, no space, not a folder)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create output directory {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunDirError(f"output directory {path} is not writable")
+
+
+# ---------------------------------------------------------------- --fresh
+
+
+def fresh_plan(path: Path) -> tuple[list[Path], list[Path]]:
+    """(entries `--fresh` removes, entries it keeps) of an existing run directory.
+
+    Refuses a folder that is not a transferlab run. Only what transferlab writes is removed (the files in
+    `RUN_FILES` and the folders in `RUN_FOLDERS`, locks excepted); anything else stays and is listed.
+    """
+    if not path.exists() or is_empty(path):
+        return [], []
+    if not path.is_dir():
+        raise RunDirError(f"--fresh: {path} is a file, not a run directory; nothing removed")
+    if not is_run(path):
+        raise RunDirError(
+            f"--fresh refuses to delete {path}: it is not a transferlab run (no {MARKER}, clean.csv or "
+            "manifest.json); nothing removed. Delete it yourself, or choose another --out"
+        )
+    remove, keep = [], []
+    for child in sorted(path.iterdir()):
+        if child.name == LOCKS:
+            continue
+        ours = child.name in RUN_FILES if child.is_file() else child.name in RUN_FOLDERS
+        (remove if ours else keep).append(child)
+    return remove, keep
+
+
+def describe_fresh(path: Path, remove: list[Path], keep: list[Path]) -> str:
+    """One line saying what `--fresh` removes (file counts per entry) and what it keeps."""
+    parts = []
+    for entry in remove:
+        if entry.is_dir():
+            count = sum(1 for f in entry.rglob("*") if f.is_file())
+            parts.append(f"{entry.name}/ ({count} files)")
+        else:
+            parts.append(entry.name)
+    text = f"--fresh: removing the run in {path}: {', '.join(parts) or 'nothing'}"
+    if keep:
+        text += f"; keeping what transferlab did not write: {', '.join(k.name for k in keep)}"
+    return text
+
+
+def remove_entries(entries: list[Path]) -> None:
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- identity
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    file = path / MARKER
+    if not file.is_file():
+        return None
+    try:
+        marker = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{file} is unreadable ({exc}); the run's identity is unknown") from None
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        raise RunDirError(f"{file} has an unknown format (expected format {FORMAT})")
+    return marker
+
+
+def check_identity(path: Path, data: dict, models: dict[str, str]) -> tuple[dict, bool]:
+    """Compare the run's recorded identity with this invocation's; record new models.
+
+    `data`: the data settings that decide the clean images; `models`: name -> weights digest. Returns
+    (the identity now recorded, whether the run was made before identities were recorded). A changed
+    data setting or a model whose weights digest differs is refused: its cached predictions and images
+    would otherwise be returned as if they were this configuration's.
+    """
+    marker = read_marker(path)
+    legacy = marker is None and is_run(path)
+    recorded = (marker or {}).get("identity") or {}
+    old_data = recorded.get("data")
+    if old_data is not None and old_data != data:
+        diff = sorted(k for k in set(old_data) | set(data) if old_data.get(k) != data.get(k))
+        shown = ", ".join(f"data.{k}: {old_data.get(k)!r} -> {data.get(k)!r}" for k in diff)
+        raise RunDirError(
+            f"{path} was run with other data settings ({shown}); its clean images and predictions belong to "
+            "those: use another --out, or --fresh to start over"
+        )
+    old_models = dict(recorded.get("models") or {})
+    for name, digest in models.items():
+        if name in old_models and old_models[name] != digest:
+            raise RunDirError(
+                f"{path} was run with other weights for {name} (sha256 {old_models[name][:16]}..., now "
+                f"{digest[:16]}...; check models.weights_dir / models.weights): its cached results belong to "
+                "those weights. Use another --out, or --fresh to start over"
+            )
+        old_models[name] = digest
+    identity = {"data": data, "models": old_models}
+    atomic_write_json(
+        path / MARKER,
+        {
+            "format": FORMAT,
+            "created": (marker or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "identity": identity,
+        },
+    )
+    return identity, legacy
+
+
+# ---------------------------------------------------------------- the writer lock
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), to tell a recycled pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(holder: dict) -> bool:
+    """Whether a lock's holder may still run (unknowable on another host: assumed alive)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("pid_start")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _conflicts(mine: str, other: str) -> bool:
+    return mine == WHOLE_RUN or other == WHOLE_RUN or mine == other
+
+
+class RunLock:
+    """One writer per run directory (per shard): a context manager around `.locks/<scope>.lock`."""
+
+    def __init__(self, path: Path, scope: str = WHOLE_RUN, command: str | None = None):
+        self.path = Path(path)
+        self.scope = scope
+        self.command = command if command is not None else " ".join(sys.argv)
+        self.file = self.path / LOCKS / f"{scope}.lock"
+        self.held = False
+        self.took_over: list[dict] = []
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _payload(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+            "host": socket.gethostname(),
+            "scope": self.scope,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": self.command,
+        }
+
+    def acquire(self) -> None:
+        folder = self.path / LOCKS
+        make_dir(folder)
+        for _ in range(3):
+            if self._create():
+                break
+            holder = self._read(self.file)
+            if holder is not None and _alive(holder):
+                raise RunLockedError(self._message(holder, self.file))
+            self.took_over.append(holder or {})
+            self.file.unlink(missing_ok=True)
+        else:
+            raise RunLockedError(f"could not take the lock {self.file}; another process keeps creating it")
+        self.held = True
+        for other in sorted(folder.glob("*.lock")):
+            if other == self.file or not _conflicts(self.scope, other.stem):
+                continue
+            holder = self._read(other)
+            if holder is None or not _alive(holder):
+                other.unlink(missing_ok=True)
+                continue
+            self.release()
+            raise RunLockedError(self._message(holder, other))
+
+    def _create(self) -> bool:
+        """Create the lock file with its content in one step (hard link of a finished file)."""
+        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self._payload(), indent=2) + "\n")
+        try:
+            os.link(tmp, self.file)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(tmp.read_text())
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(file: Path) -> dict | None:
+        try:
+            holder = json.loads(file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"host": "?", "pid": None}  # unreadable: never broken automatically
+        return holder if isinstance(holder, dict) else {"host": "?", "pid": None}
+
+    def _message(self, holder: dict, file: Path) -> str:
+        return (
+            f"{self.path} is in use: pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} "
+            f"since {holder.get('since', '?')} ({holder.get('command', '?')}). Wait for it to finish or use "
+            f"another --out; if that process is gone, delete {file}"
+        )
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        holder = self._read(self.file)
+        if holder is not None and holder.get("pid") == os.getpid():
+            self.file.unlink(missing_ok=True)
+        self.held = False

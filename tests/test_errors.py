@@ -87,8 +87,12 @@ def tree_hash(path: Path) -> str:
 
 
 def finished_run(tmp_path: Path, out: Path) -> None:
-    assert cli.main(["run", str(write(tmp_path, base_config(tmp_path), "first.yaml")), "--out", str(out),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            ["run", str(write(tmp_path, base_config(tmp_path), "first.yaml")), "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
 
 
 def save_checkpoint(tmp_path: Path, kind: str) -> str:
@@ -175,8 +179,16 @@ def run_then(change: Callable[[Path, Path], None] | None = None) -> Callable[[Pa
 def held_lock(tmp_path: Path, out: Path) -> None:
     finished_run(tmp_path, out)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    (out / ".locks" / "run.lock").write_text(json.dumps(
-        {"pid": sleeper.pid, "host": socket.gethostname(), "since": "now", "command": "transferlab run other"}))
+    (out / ".locks" / "run.lock").write_text(
+        json.dumps(
+            {
+                "pid": sleeper.pid,
+                "host": socket.gethostname(),
+                "since": "now",
+                "command": "transferlab run other",
+            }
+        )
+    )
     held_lock.process = sleeper
 
 
@@ -267,87 +279,200 @@ def manifest_has_machine_and_digests(tmp_path: Path, out: Path, err: str) -> Non
     assert "torch_cpu_capability" in manifest["machine"]
     assert set(manifest["weights"]) == {"tiny_a", "tiny_b"}
     assert all(w["digest"].startswith("state-sha256:") for w in manifest["weights"].values())
-    assert json.loads((out / "run.json").read_text())["identity"]["models"]["tiny_a"] == (
-        manifest["weights"]["tiny_a"]["digest"])
+    assert (
+        json.loads((out / "run.json").read_text())["identity"]["models"]["tiny_a"]
+        == (manifest["weights"]["tiny_a"]["digest"])
+    )
 
 
 CASES = [
     # ---- data loss and escapes
-    Case("fresh-on-foreign-folder", args=["--fresh"], prepare=foreign_folder, message="not a transferlab run"),
+    Case(
+        "fresh-on-foreign-folder", args=["--fresh"], prepare=foreign_folder, message="not a transferlab run"
+    ),
     Case("run-into-foreign-folder", prepare=foreign_folder, message="not empty and is not a transferlab run"),
-    Case("fresh-with-bad-data-root", {"data.root": "/nonexistent"}, ["--fresh"], run_then(),
-         message="image folder not found: /nonexistent"),
-    Case("fresh-with-broken-weights", {"models.sources": ["cifar10_resnet20"],
-                                       "models.targets": ["cifar10_resnet20"],
-                                       "models.weights": {"cifar10_resnet20": "{tmp}/resnet20_text.pt"}},
-         ["--fresh"], lambda t, o: (run_then()(t, o), save_checkpoint(t, "text")), message="resnet20_text.pt"),
-    Case("name-escapes-runs", {"name": "../../victim"}, ["--fresh"], victim, message="'name' is '../../victim'",
-         unchanged="victim", out=None),
-    Case("attack-name-escapes", {"attacks": {"../../escaped_attack": {"method": "pgd"}}},
-         message="attack name 'attacks.../../escaped_attack'", unchanged="tmp"),
-    Case("image-id-escapes", {"data": {"kind": "nips17", "root": "{tmp}/nips", "resolution": 16}},
-         prepare=nips17(["a1", "../../x"]), message="image id '../../x'"),
-    Case("fresh-names-what-it-removes", args=["--fresh"],
-         prepare=run_then(lambda t, o: (o / "notes.txt").write_text("mine\n")), code=0,
-         message="--fresh: removing the run in", unchanged=None, check=fresh_removed_only_run_files),
+    Case(
+        "fresh-with-bad-data-root",
+        {"data.root": "/nonexistent"},
+        ["--fresh"],
+        run_then(),
+        message="image folder not found: /nonexistent",
+    ),
+    Case(
+        "fresh-with-broken-weights",
+        {
+            "models.sources": ["cifar10_resnet20"],
+            "models.targets": ["cifar10_resnet20"],
+            "models.weights": {"cifar10_resnet20": "{tmp}/resnet20_text.pt"},
+        },
+        ["--fresh"],
+        lambda t, o: (run_then()(t, o), save_checkpoint(t, "text")),
+        message="resnet20_text.pt",
+    ),
+    Case(
+        "name-escapes-runs",
+        {"name": "../../victim"},
+        ["--fresh"],
+        victim,
+        message="'name' is '../../victim'",
+        unchanged="victim",
+        out=None,
+    ),
+    Case(
+        "attack-name-escapes",
+        {"attacks": {"../../escaped_attack": {"method": "pgd"}}},
+        message="attack name 'attacks.../../escaped_attack'",
+        unchanged="tmp",
+    ),
+    Case(
+        "image-id-escapes",
+        {"data": {"kind": "nips17", "root": "{tmp}/nips", "resolution": 16}},
+        prepare=nips17(["a1", "../../x"]),
+        message="image id '../../x'",
+    ),
+    Case(
+        "fresh-names-what-it-removes",
+        args=["--fresh"],
+        prepare=run_then(lambda t, o: (o / "notes.txt").write_text("mine\n")),
+        code=0,
+        message="--fresh: removing the run in",
+        unchanged=None,
+        check=fresh_removed_only_run_files,
+    ),
     # ---- silent wrong results
     Case("other-weights-same-out", prepare=other_weights, message="other weights for tiny_b"),
-    Case("other-data-same-out", {"data.resolution": 12}, prepare=run_then(),
-         message="other data settings (data.resolution: 16 -> 12)"),
+    Case(
+        "other-data-same-out",
+        {"data.resolution": 12},
+        prepare=run_then(),
+        message="other data settings (data.resolution: 16 -> 12)",
+    ),
     Case("second-writer-refused", prepare=held_lock, message="is in use: pid"),
-    Case("duplicate-image-id-in-folder", prepare=duplicate_file, message="two images have the id 'class0_0000'"),
-    Case("duplicate-row-in-images-csv", {"data": {"kind": "nips17", "root": "{tmp}/nips", "resolution": 16}},
-         prepare=nips17(["a1", "b2", "a1"]), message="two images have the id 'a1'"),
-    Case("random-start-string", {"attacks.pgd.random_start": "false"},
-         message="'attacks.pgd.random_start' must be true, false or null"),
-    Case("steps-not-integer", args=["attacks.pgd.steps=2.5"],
-         message="'attacks.pgd.steps' must be a positive integer, got 2.5"),
-    Case("weights-key-typo", {"models.weights": {"tiny_bb": "x.pt"}},
-         message="'models.weights.tiny_bb' names no model of the run (did you mean 'models.weights.tiny_b'?)"),
-    Case("eps-huge", args=["attack_defaults.eps=1000000000"],
-         message="'attack_defaults.eps' must be in (0, 255]"),
-    Case("eps-exponent-is-a-number", args=["attacks.pgd.eps=1e9"],
-         message="'attacks.pgd.eps' must be in (0, 255] (1/255 steps), got 1000000000.0"),
+    Case(
+        "duplicate-image-id-in-folder", prepare=duplicate_file, message="two images have the id 'class0_0000'"
+    ),
+    Case(
+        "duplicate-row-in-images-csv",
+        {"data": {"kind": "nips17", "root": "{tmp}/nips", "resolution": 16}},
+        prepare=nips17(["a1", "b2", "a1"]),
+        message="two images have the id 'a1'",
+    ),
+    Case(
+        "random-start-string",
+        {"attacks.pgd.random_start": "false"},
+        message="'attacks.pgd.random_start' must be true, false or null",
+    ),
+    Case(
+        "steps-not-integer",
+        args=["attacks.pgd.steps=2.5"],
+        message="'attacks.pgd.steps' must be a positive integer, got 2.5",
+    ),
+    Case(
+        "weights-key-typo",
+        {"models.weights": {"tiny_bb": "x.pt"}},
+        message="'models.weights.tiny_bb' names no model of the run (did you mean 'models.weights.tiny_b'?)",
+    ),
+    Case(
+        "eps-huge",
+        args=["attack_defaults.eps=1000000000"],
+        message="'attack_defaults.eps' must be in (0, 255]",
+    ),
+    Case(
+        "eps-exponent-is-a-number",
+        args=["attacks.pgd.eps=1e9"],
+        message="'attacks.pgd.eps' must be in (0, 255] (1/255 steps), got 1000000000.0",
+    ),
     # ---- one-line errors instead of tracebacks
     Case("eps-not-a-number", args=["attacks.pgd.eps=abc"], message="'attacks.pgd.eps' must be a number"),
     Case("steps-negative", args=["attacks.pgd.steps=-1"], message="'attacks.pgd.steps' must be a positive"),
     Case("eps-negative", args=["attacks.pgd.eps=-4"], message="'attacks.pgd.eps' must be in (0, 255]"),
     Case("alpha-zero", args=["attacks.pgd.alpha=0"], message="'attacks.pgd.alpha' must be in (0, 255]"),
-    Case("batch-size-zero", args=["attack_defaults.batch_size=0"],
-         message="'attack_defaults.batch_size' must be a positive integer, got 0"),
+    Case(
+        "batch-size-zero",
+        args=["attack_defaults.batch_size=0"],
+        message="'attack_defaults.batch_size' must be a positive integer, got 0",
+    ),
     Case("max-forward-zero", args=["attacks.pgd.max_forward=0"], message="'attacks.pgd.max_forward'"),
     Case("limit-not-integer", args=["data.limit=2.5"], message="'data.limit' must be a positive integer"),
-    Case("crop-out-of-range", args=["data.crop_pct=1.5"], message="'data.crop_pct' must be a number in (0, 1]"),
+    Case(
+        "crop-out-of-range", args=["data.crop_pct=1.5"], message="'data.crop_pct' must be a number in (0, 1]"
+    ),
     Case("record-every-negative", args=["eval.record_every=-2"], message="'eval.record_every'"),
     Case("override-not-mapping", args=["attacks.pgd.method.x=1"], message="is not a mapping"),
-    Case("model-name-with-slash", {"models.targets": ["tiny_a", "../tiny_b"]},
-         message="model name 'models.targets[1]'"),
+    Case(
+        "model-name-with-slash",
+        {"models.targets": ["tiny_a", "../tiny_b"]},
+        message="model name 'models.targets[1]'",
+    ),
     Case("model-twice", {"models.targets": ["tiny_a", "tiny_a"]}, message="more than once"),
     *[
-        Case(f"checkpoint-{kind}", {"models.targets": ["tiny_a", "cifar10_resnet20"],
-                                    "models.weights": {"cifar10_resnet20": f"{{tmp}}/resnet20_{kind}.pt"}},
-             prepare=lambda t, o, kind=kind: save_checkpoint(t, kind), message=f"resnet20_{kind}.pt")
+        Case(
+            f"checkpoint-{kind}",
+            {
+                "models.targets": ["tiny_a", "cifar10_resnet20"],
+                "models.weights": {"cifar10_resnet20": f"{{tmp}}/resnet20_{kind}.pt"},
+            },
+            prepare=lambda t, o, kind=kind: save_checkpoint(t, kind),
+            message=f"resnet20_{kind}.pt",
+        )
         for kind in ("truncated", "not_zip", "text", "wrong_arch")
     ],
     Case("out-is-a-file", prepare=lambda t, o: o.write_text("a file\n"), message="is a file"),
-    Case("out-under-a-file", out="afile/run", prepare=lambda t, o: (t / "afile").write_text("x\n"),
-         message="lies under", unchanged="tmp"),
+    Case(
+        "out-under-a-file",
+        out="afile/run",
+        prepare=lambda t, o: (t / "afile").write_text("x\n"),
+        message="lies under",
+        unchanged="tmp",
+    ),
     Case("disk-full", prepare=disk_full, message="No space left on device", unchanged=None),
-    Case("plugin-fails-on-import", {"attacks.plug": {"method": "pgd+broken_pkg.attack:Thing"}},
-         prepare=plugin_breaks_on_import,
-         message="'attacks.plug.method': cannot import plug-in module 'broken_pkg.attack'", unchanged="tmp"),
+    Case(
+        "plugin-fails-on-import",
+        {"attacks.plug": {"method": "pgd+broken_pkg.attack:Thing"}},
+        prepare=plugin_breaks_on_import,
+        message="'attacks.plug.method': cannot import plug-in module 'broken_pkg.attack'",
+        unchanged="tmp",
+    ),
     # ---- resumes that repair, and the smaller items
-    Case("corrupt-cached-png-recomputed", prepare=corrupt_adv, code=0, message="is not a readable PNG",
-         unchanged=None, check=same_as_fresh),
-    Case("tampered-cached-png-recomputed", prepare=tampered_adv, code=0, message="lies outside the ε-ball",
-         unchanged=None, check=same_as_fresh),
-    Case("killed-run-temporaries-removed", prepare=leftover_tmp, code=0, message="removed 2 temporary files",
-         unchanged=None, check=no_tmp_left),
+    Case(
+        "corrupt-cached-png-recomputed",
+        prepare=corrupt_adv,
+        code=0,
+        message="is not a readable PNG",
+        unchanged=None,
+        check=same_as_fresh,
+    ),
+    Case(
+        "tampered-cached-png-recomputed",
+        prepare=tampered_adv,
+        code=0,
+        message="lies outside the ε-ball",
+        unchanged=None,
+        check=same_as_fresh,
+    ),
+    Case(
+        "killed-run-temporaries-removed",
+        prepare=leftover_tmp,
+        code=0,
+        message="removed 2 temporary files",
+        unchanged=None,
+        check=no_tmp_left,
+    ),
     Case("files-readable-by-others", code=0, unchanged=None, check=readable_modes),
-    Case("fewer-eligible-than-asked", args=["data.limit=1000"], code=0,
-         message="data.limit=1000 but only", unchanged=None),
-    Case("table-shows-overridden-steps", args=["attack_defaults.steps=2"], code=0, unchanged=None,
-         check=steps_in_table),
+    Case(
+        "fewer-eligible-than-asked",
+        args=["data.limit=1000"],
+        code=0,
+        message="data.limit=1000 but only",
+        unchanged=None,
+    ),
+    Case(
+        "table-shows-overridden-steps",
+        args=["attack_defaults.steps=2"],
+        code=0,
+        unchanged=None,
+        check=steps_in_table,
+    ),
     Case("manifest-machine-and-digests", code=0, unchanged=None, check=manifest_has_machine_and_digests),
 ]
 
@@ -398,8 +523,9 @@ def test_lock_scopes_and_stale_locks(tmp_path):
         with pytest.raises(RunLockedError):
             RunLock(run, "shard-1-of-2").acquire()  # and a shard excludes itself
     assert not list((run / ".locks").glob("*.lock"))  # released on exit
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead = {"pid": int(finished.stdout), "host": socket.gethostname(), "since": "earlier"}
     (run / ".locks" / "run.lock").write_text(json.dumps(dead))
     with RunLock(run) as lock:  # the holder is gone: the stale lock is taken over
@@ -408,3 +534,23 @@ def test_lock_scopes_and_stale_locks(tmp_path):
     (run / ".locks" / "run.lock").write_text(json.dumps(elsewhere))
     with pytest.raises(RunLockedError, match="another-host"):  # never broken across hosts
         RunLock(run).acquire()
+
+
+def test_interaction_refuses_other_weights_and_a_held_lock(tmp_path, models, monkeypatch):
+    from transferlab.interaction.measure import measure_run
+    from transferlab.rundir import RunDirError
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    finished_run(tmp_path, out)
+
+    def loader(seed):
+        return lambda name, **kw: ChannelNet(seed=seed)
+
+    with pytest.raises(RunDirError, match="are not those .* was made with"):
+        measure_run(out, grid=4, model_loader=loader(9), progress=False)
+    with RunLock(out, command="transferlab run other"):
+        with pytest.raises(RunLockedError, match="transferlab run other"):
+            measure_run(out, grid=4, model_loader=loader(SEEDS["tiny_a"]), progress=False)
+    frame = measure_run(out, grid=4, model_loader=loader(SEEDS["tiny_a"]), progress=False)
+    assert len(frame) and frame.value.notna().all()

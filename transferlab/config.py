@@ -307,7 +307,7 @@ def _check_data(data: dict, where: str) -> None:
         _fail(where, f"'data.limit' must be a positive integer or null, got {limit!r}")
     resolution = data["resolution"]
     if not isinstance(resolution, int) or isinstance(resolution, bool) or not 8 <= resolution <= 4096:
-        _fail(where, f"'data.resolution' must be an integer number of pixels in [8, 4096], got {resolution!r}")
+        _fail(where, f"'data.resolution' must be an integer (pixels) in [8, 4096], got {resolution!r}")
     crop = data["crop_pct"]
     if not _number(crop) or not 0 < crop <= 1:
         _fail(where, f"'data.crop_pct' must be a number in (0, 1], got {crop!r}")

@@ -175,8 +175,9 @@ def check_items(items: list[Item], where: str) -> list[Item]:
     for item in items:
         if not is_safe_name(item.image_id):
             raise DataError(
-                f"{where}: image id {item.image_id!r} (from {item.path}) cannot be a file name: ids must start "
-                "with a letter or digit and use only letters, digits and _ . + = @ , - (no '/', no '..')"
+                f"{where}: image id {item.image_id!r} (from {item.path}) cannot be a file name: ids must "
+                "start with a letter or digit and use only letters, digits and _ . + = @ , - "
+                "(no '/', no '..')"
             )
         if item.image_id in seen:
             raise DataError(

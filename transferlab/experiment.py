@@ -55,6 +55,7 @@ from transferlab.rundir import (
     describe_fresh,
     fresh_plan,
     make_dir,
+    model_digest,
     remove_entries,
 )
 
@@ -77,20 +78,6 @@ class Job:
 
 
 KEY_FORMAT = 2  # job keys include the source's weights digest
-
-
-def model_digest(model: torch.nn.Module) -> str:
-    """Identity of a model's weights: the sha256 of the checkpoint file it was loaded from, else of its
-    parameters and buffers (timm hub weights, models built in code)."""
-    sha = getattr(model, "weights_sha256", None)
-    if sha:
-        return f"sha256:{sha}"
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return f"state-sha256:{digest.hexdigest()}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -321,8 +308,8 @@ class Experiment:
                 )
             if limit and len(items) < limit:
                 self.notice(
-                    f"data.limit={limit} but only {len(items)} of the {self.scanned} images in the dataset are "
-                    f"eligible for source {s} (rule '{rule}'): the run attacks {len(items)}"
+                    f"data.limit={limit} but only {len(items)} of the {self.scanned} images in the dataset "
+                    f"are eligible for source {s} (rule '{rule}'): the run attacks {len(items)}"
                 )
         return eligible
 
@@ -412,7 +399,8 @@ class Experiment:
         meta_path = folder / "job.json"
         key = self.job_key(job)
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-        if meta is not None and meta.get("key_format") != KEY_FORMAT and meta["key"] == self.job_key(job, True):
+        legacy = meta is not None and meta.get("key_format") != KEY_FORMAT
+        if legacy and meta["key"] == self.job_key(job, legacy=True):
             meta.update(key=key, key_format=KEY_FORMAT)  # a job of a run adopted by _verify_cached_clean
             atomic_write_json(meta_path, meta)
         if meta is not None and meta["key"] != key:
@@ -441,6 +429,17 @@ class Experiment:
         commits = meta.setdefault("git", [])
         if self.provenance["git"] not in commits:
             commits.append(self.provenance["git"])
+        # what decides the last bits of the floats (README: what reproduces across machines)
+        machine = self.provenance["machine"]
+        where = {
+            "device": str(self.device),
+            "torch": self.provenance["versions"]["torch"],
+            "threads": torch.get_num_threads(),
+            "cpu": machine.get("cpu_id") or machine.get("cpu_model"),
+            "kernels": machine.get("torch_cpu_capability"),
+        }
+        if where not in meta.setdefault("machines", []):
+            meta["machines"].append(where)
         attack = self.build(job)
         model = self.model(job.source)
         size = job.spec["batch_size"]
@@ -498,7 +497,8 @@ class Experiment:
         else:
             eps, _ = loop_units(job.spec, self.resolution)
             delta = adv.astype(np.int16) - clean.astype(np.int16)
-            size = np.abs(delta).max() if job.spec["norm"] == "linf" else np.sqrt((delta.astype(float) ** 2).sum())
+            linf, l2 = np.abs(delta).max(), np.sqrt((delta.astype(float) ** 2).sum())
+            size = linf if job.spec["norm"] == "linf" else l2
             if size > eps * 255 + 1e-3:
                 problem = f"lies outside the ε-ball ({job.spec['norm']} {size:.4g} levels > {eps * 255:.4g})"
         if problem is None:

@@ -25,6 +25,7 @@ def check_name(name: object, what: str, where: str = "") -> str:
         prefix = f"{where}: " if where else ""
         raise ConfigError(
             f"{prefix}{what} is {name!r}: it becomes a file or folder name, so it must start with a letter "
-            "or digit and use only letters, digits and _ . + = @ , - (no '/', no '..', at most 128 characters)"
+            "or digit and use only letters, digits and _ . + = @ , - (no '/', no '..', at most 128 "
+            "characters)"
         )
     return name

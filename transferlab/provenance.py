@@ -52,7 +52,9 @@ def git_commit(path: str | Path | None = None) -> dict[str, object]:
 
 
 #: instruction-set extensions that change which float kernels torch runs (and so the last bits of results)
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "asimd", "sve")
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "asimd", "sve",
+)
 
 
 def cpu_info() -> dict[str, object]:

@@ -16,6 +16,7 @@ held on another host is never broken automatically (the message says which file 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -217,6 +218,34 @@ def check_identity(path: Path, data: dict, models: dict[str, str]) -> tuple[dict
         },
     )
     return identity, legacy
+
+
+def model_digest(model: Any) -> str:
+    """Identity of a model's weights: the sha256 of the checkpoint file it was loaded from, else of its
+    parameters and buffers (timm hub weights, models built in code)."""
+    import torch
+
+    sha = getattr(model, "weights_sha256", None)
+    if sha:
+        return f"sha256:{sha}"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"state-sha256:{digest.hexdigest()}"
+
+
+def check_model(path: Path, name: str, model: Any) -> None:
+    """Refuse a model whose weights are not those the run in `path` recorded for `name` (when recorded)."""
+    marker = read_marker(path)
+    recorded = ((marker or {}).get("identity") or {}).get("models", {}).get(name)
+    digest = model_digest(model)
+    if recorded is not None and recorded != digest:
+        raise RunDirError(
+            f"the weights loaded for {name} (sha256 {digest[:24]}...) are not those {path} was made with "
+            f"({recorded[:24]}...): its perturbations belong to those; load the run's weights"
+        )
 
 
 # ---------------------------------------------------------------- the writer lock

@@ -25,6 +25,7 @@ from scipy import stats
 from ..errors import TransferlabError
 from ..io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from ..rng import stable_seed
+from ..rundir import RunLock
 from .stats import wilson_interval
 
 OUTCOMES = ("transfer_utility", "fooled")
@@ -135,6 +136,21 @@ def _chosen_setting(run_dir: Path, table: pd.DataFrame, setting: str | None) -> 
         if last in available:
             return last
     return available[-1]
+
+
+def _check_inputs(run_dir: Path) -> None:
+    """The folder holds records.csv (`transferlab run`) and interaction.csv (`transferlab interaction`)."""
+    if not run_dir.is_dir():
+        what = "not found" if not run_dir.exists() else "is not a folder"
+        raise CorrelationError(f"run folder {run_dir} {what}: RUN_DIR must be a folder written by "
+                               "`transferlab run` and measured by `transferlab interaction`")
+    if not (run_dir / "records.csv").is_file():
+        raise CorrelationError(f"{run_dir} has no records.csv: it is not a finished transferlab run; run "
+                               f"`transferlab run CONFIG --out {run_dir}` to completion, then "
+                               f"`transferlab interaction {run_dir}`, first")
+    if not (run_dir / "interaction.csv").is_file():
+        raise CorrelationError(f"{run_dir} has no interaction.csv: run `transferlab interaction {run_dir}` "
+                               "first")
 
 
 def load_interactions(run_dir: str | Path, setting: str | None = None) -> tuple[pd.DataFrame, str]:
@@ -392,33 +408,35 @@ def correlate_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0, settin
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    merged, chosen = load_merged(run_dir, setting, include_white_box)
-    if merged.empty:
-        raise CorrelationError(f"no records in {run_dir} match the measured interactions "
-                               f"(setting {chosen!r})")
-    corr = correlation_table(merged, n_boot, seed, clean_correct_only)
-    inter = interaction_table(merged)
-    transfer = transfer_table(merged)
-    by_attack = transfer.merge(inter, on=["source", "attack"], how="left")
-    by_attack = by_attack.merge(ir_settings(run_dir), on="attack", how="left")
-    t1 = time.perf_counter()
-    atomic_write_csv(run_dir / "correlation.csv", corr)
-    atomic_write_csv(run_dir / "interaction_by_attack.csv", by_attack)
-    if plots:
-        plot_correlation(merged, corr, run_dir / "correlation.png", clean_correct_only)
-        plot_by_attack(by_attack, run_dir / "interaction_by_attack.png")
-    t2 = time.perf_counter()
-    atomic_write_json(run_dir / "correlation.manifest.json", {
-        "settings": {"n_boot": n_boot, "seed": seed, "setting": chosen,
-                     "clean_correct_only": clean_correct_only, "include_white_box": include_white_box,
-                     "interval": "95% percentile bootstrap over images"},
-        "inputs": ["interaction.csv", "records.csv"],
-        "outputs": ["correlation.csv", "interaction_by_attack.csv"]
-        + (["correlation.png", "interaction_by_attack.png"] if plots else []),
-        "counts": {"rows": len(merged), "images": int(merged.image_id.nunique()),
-                   "attacks": sorted(merged.attack.unique()), "targets": sorted(merged.target.unique())},
-        "timings": {"statistics_s": round(t1 - t0, 3), "plots_s": round(t2 - t1, 3)},
-        **provenance(),
-    })
-    return {"correlation": corr, "interaction": inter, "transfer": transfer, "by_attack": by_attack,
-            "merged": merged}
+    _check_inputs(run_dir)
+    with RunLock(run_dir):  # one writer: not beside a run or an interaction measurement
+        merged, chosen = load_merged(run_dir, setting, include_white_box)
+        if merged.empty:
+            raise CorrelationError(f"no records in {run_dir} match the measured interactions "
+                                   f"(setting {chosen!r})")
+        corr = correlation_table(merged, n_boot, seed, clean_correct_only)
+        inter = interaction_table(merged)
+        transfer = transfer_table(merged)
+        by_attack = transfer.merge(inter, on=["source", "attack"], how="left")
+        by_attack = by_attack.merge(ir_settings(run_dir), on="attack", how="left")
+        t1 = time.perf_counter()
+        atomic_write_csv(run_dir / "correlation.csv", corr)
+        atomic_write_csv(run_dir / "interaction_by_attack.csv", by_attack)
+        if plots:
+            plot_correlation(merged, corr, run_dir / "correlation.png", clean_correct_only)
+            plot_by_attack(by_attack, run_dir / "interaction_by_attack.png")
+        t2 = time.perf_counter()
+        atomic_write_json(run_dir / "correlation.manifest.json", {
+            "settings": {"n_boot": n_boot, "seed": seed, "setting": chosen,
+                         "clean_correct_only": clean_correct_only, "include_white_box": include_white_box,
+                         "interval": "95% percentile bootstrap over images"},
+            "inputs": ["interaction.csv", "records.csv"],
+            "outputs": ["correlation.csv", "interaction_by_attack.csv"]
+            + (["correlation.png", "interaction_by_attack.png"] if plots else []),
+            "counts": {"rows": len(merged), "images": int(merged.image_id.nunique()),
+                       "attacks": sorted(merged.attack.unique()), "targets": sorted(merged.target.unique())},
+            "timings": {"statistics_s": round(t1 - t0, 3), "plots_s": round(t2 - t1, 3)},
+            **provenance(),
+        })
+        return {"correlation": corr, "interaction": inter, "transfer": transfer, "by_attack": by_attack,
+                "merged": merged}

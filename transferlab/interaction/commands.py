@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from .measure import ESTIMATORS
+from .measure import ESTIMATORS, InteractionError
 from .scores import SCORES
 
 
@@ -74,8 +74,12 @@ def run_interaction(args: argparse.Namespace) -> int:
     from ..eval.correlation import t_interval
     from .measure import measure_run
 
+    try:
+        pairs = parse_pairs(args.pairs)
+    except argparse.ArgumentTypeError as exc:  # not an argparse type: cli.main would not catch it
+        raise InteractionError(f"--pairs: {exc}") from None
     frame = measure_run(args.run_dir, grid=args.grid, estimator=args.estimator,
-                        pairs=parse_pairs(args.pairs), samples=args.samples, orders=args.orders,
+                        pairs=pairs, samples=args.samples, orders=args.orders,
                         score=args.score, batch_size=args.batch_size, device=args.device, seed=args.seed,
                         players=args.players, chunk=args.chunk, progress=not args.no_progress)
     print(f"interaction ({args.estimator}, grid {frame.grid.iloc[0]}, {args.score}): {len(frame)} rows "
@@ -94,8 +98,11 @@ def run_interaction(args: argparse.Namespace) -> int:
 
 
 def run_correlate(args: argparse.Namespace) -> int:
-    from ..eval.correlation import correlate_run
+    from ..eval.correlation import CorrelationError, correlate_run
 
+    if args.bootstrap < 1:
+        raise CorrelationError(f"--bootstrap must be at least 1 (bootstrap resamples over images; default "
+                               f"1000), got {args.bootstrap}")
     out = correlate_run(args.run_dir, n_boot=args.bootstrap, seed=args.seed, setting=args.setting,
                         include_white_box=args.include_white_box)
     corr = out["correlation"]

@@ -9,6 +9,7 @@ Resumable: rows already measured with the same settings are kept and not recompu
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,11 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from ..errors import TransferlabError
 from ..io import atomic_write_csv, atomic_write_json, read_png
 from ..provenance import provenance
+from ..rundir import RunLock, check_model
 from .estimators import average_interaction, order_interactions, random_pairs, sampled_interaction
 from .games import BatchedPerturbationGame, default_grid
 from .scores import SCORES
@@ -38,7 +41,8 @@ ModelLoader = Callable[..., nn.Module]
 
 
 class InteractionError(TransferlabError, ValueError):
-    """A run directory or a setting that cannot be measured; the message says what to do."""
+    """A run directory or a setting that cannot be measured; the message names the value, where it came
+    from (the command-line flag or the file) and what to do."""
 
 
 def _default_loader(name: str, weights: str | None = None, weights_dir: str | None = None,
@@ -53,25 +57,130 @@ def default_orders(n: int) -> list[int]:
     return sorted({int(round(f * (n - 2))) for f in DEFAULT_ORDER_FRACTIONS})
 
 
-def _load_image(path: Path) -> torch.Tensor:
-    """PNG → float (3, H, W), pixels in [0, 1]."""
-    return torch.from_numpy(read_png(path).copy()).permute(2, 0, 1).float() / 255.0
+def _damaged(path: Path, exc: BaseException, run_dir: Path | str = "RUN_DIR") -> InteractionError:
+    """The error for a run image that cannot be read (PIL's own message repeats the path: keep one line)."""
+    reason = "not a PNG image" if isinstance(exc, UnidentifiedImageError) else str(exc).splitlines()[0]
+    return InteractionError(f"{path} is not a readable PNG ({reason}): the run folder is damaged; restore "
+                            "the file, or redo the run with "
+                            f"`transferlab run CONFIG --out {run_dir} --fresh`")
+
+
+def _load_image(path: Path, run_dir: Path | str = "RUN_DIR") -> torch.Tensor:
+    """PNG → float (3, H, W), pixels in [0, 1]; an unreadable file is an InteractionError naming it."""
+    try:
+        pixels = read_png(path)
+    except FileNotFoundError:
+        raise InteractionError(f"{path} not found: the run folder {run_dir} is incomplete") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated, broken chunks
+        raise _damaged(path, exc, run_dir) from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def _image_size(path: Path, listed: str, run_dir: Path) -> tuple[int, int]:
+    """(height, width) of a run PNG from its header, after checking the whole file (chunk CRCs, no decode).
+
+    ``listed`` says which records.csv row needs the file, for the message when it is missing.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            im.verify()
+    except FileNotFoundError:
+        raise InteractionError(f"{path} not found, but {run_dir / 'records.csv'} lists {listed}: the run "
+                               "folder is incomplete; finish it with "
+                               f"`transferlab run CONFIG --out {run_dir}`") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _damaged(path, exc, run_dir) from None
+    return height, width
+
+
+def _check_run_dir(run_dir: Path) -> Path:
+    """The run folder exists and holds records.csv (written when `transferlab run` finishes)."""
+    if not run_dir.exists():
+        raise InteractionError(f"run folder {run_dir} not found: RUN_DIR must be a folder written by "
+                               "`transferlab run`")
+    if not run_dir.is_dir():
+        raise InteractionError(f"{run_dir} is not a folder: RUN_DIR must be a folder written by "
+                               "`transferlab run`")
+    if not (run_dir / "records.csv").is_file():
+        raise InteractionError(f"{run_dir} has no records.csv: it is not a finished transferlab run; run "
+                               f"`transferlab run CONFIG --out {run_dir}` to completion first")
+    return run_dir
 
 
 def _read_units(run_dir: Path) -> pd.DataFrame:
     """One row per attacked (image_id, attack, source) with its label, from records.csv."""
-    records = pd.read_csv(run_dir / "records.csv", dtype={"image_id": str})
+    path = _check_run_dir(run_dir) / "records.csv"
+    try:
+        records = pd.read_csv(path, dtype={"image_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InteractionError(f"{path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in ["image_id", "label", "attack", "source"] if c not in records.columns]
+    if missing:
+        raise InteractionError(f"{path} lacks the columns {missing}: it is not a transferlab records table")
     units = records[["image_id", "label", "attack", "source"]].drop_duplicates(KEYS)
     return units.reset_index(drop=True)
 
 
 def _weights(run_dir: Path) -> tuple[str | None, dict[str, str]]:
-    """(weights_dir, {model: checkpoint}) from the run's resolved config, as `transferlab run` used them."""
+    """(weights_dir, {model: checkpoint}) from the run's resolved config, as `transferlab run` used them.
+
+    A run without its manifest is refused: measuring on default weights could silently use other weights
+    than the ones the perturbations were made on.
+    """
     path = run_dir / "manifest.json"
-    if not path.exists():
-        return None, {}
-    models = (json.loads(path.read_text()).get("config") or {}).get("models") or {}
+    if not path.is_file():
+        raise InteractionError(f"{path} not found: the manifest records which weights the run used for its "
+                               "source models, and without it the interaction could be measured on other "
+                               "weights; run the `transferlab run` command that made this folder again to "
+                               "write it")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InteractionError(f"{path} is not valid JSON ({exc}): cannot tell which weights the run "
+                               "used") from None
+    models = (manifest.get("config") or {}).get("models") if isinstance(manifest, dict) else None
+    if not isinstance(models, dict):
+        raise InteractionError(f"{path} has no config.models entry: cannot tell which weights the run used")
     return models.get("weights_dir"), models.get("weights") or {}
+
+
+def _at_least_one(flag: str, value: Any, what: str) -> None:
+    """An optional count given on the command line (``flag``) must be a whole number ≥ 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InteractionError(f"{flag} must be at least 1 ({what}), got {value}")
+
+
+def _check_counts(batch_size: int, chunk: int, samples: int | None, players: int | None,
+                  pairs: int | Sequence[tuple[int, int]] | None) -> None:
+    """The settings that do not depend on the run's images (checked before anything is read)."""
+    _at_least_one("--batch-size", batch_size, "images per batched game")
+    _at_least_one("--chunk", chunk, "model inputs per forward")
+    _at_least_one("--samples", samples, "samples per pair and order")
+    _at_least_one("--players", players, "rows i sampled by the average estimator")
+    if isinstance(pairs, numbers.Integral) and not isinstance(pairs, bool) and pairs < 1:
+        raise InteractionError(f"--pairs {pairs}: the number of random pairs must be at least 1")
+
+
+def _check_grid(grid: int | None, height: int, width: int, estimator: str, where: Path) -> int:
+    """The grid side (given or default) for images of this size; every estimator needs n ≥ 2 players."""
+    side = min(height, width)
+    given = grid is not None
+    grid = int(grid) if given else default_grid(height, width)
+    flag = f"--grid {grid}" if given else f"the default grid {grid} (--grid not given)"
+    size = f"the run's images ({where}) are {height}x{width} px"
+    if side < 2:
+        raise InteractionError(f"{size}: too small to split into the 2 players the {estimator} estimator "
+                               "needs")
+    if grid == 1:
+        raise InteractionError(f"{flag} gives n = 1 player, but the {estimator} estimator needs pairs of "
+                               f"players: {size}, so use --grid in 2..{side} (cells per side)")
+    if not 2 <= grid <= side:
+        raise InteractionError(f"{flag} is out of range: {size}, so --grid (cells per side) must be in "
+                               f"2..{side}")
+    return grid
 
 
 def resolve_pairs(pairs: int | Sequence[tuple[int, int]] | None, n: int, estimator: str,
@@ -79,9 +188,40 @@ def resolve_pairs(pairs: int | Sequence[tuple[int, int]] | None, n: int, estimat
     """None → the estimator's default count of random pairs; int k → k random pairs; a list → as given."""
     if pairs is None:
         pairs = DEFAULT_PAIR_COUNT.get(estimator, 8)
-    if isinstance(pairs, int):
-        return random_pairs(n, min(pairs, n * (n - 1) // 2), seed)
-    return [(int(i), int(j)) for i, j in pairs]
+    if isinstance(pairs, numbers.Integral) and not isinstance(pairs, bool):
+        if pairs < 1:
+            raise InteractionError(f"--pairs {pairs}: the number of random pairs must be at least 1")
+        return random_pairs(n, min(int(pairs), n * (n - 1) // 2), seed)
+    grid = round(n ** 0.5)
+    cells = f"n = {n} cells of the {grid}x{grid} grid" if grid * grid == n else f"n = {n} players"
+    out = []
+    for pair in pairs:
+        i, j = (int(p) for p in pair)
+        for cell in (i, j):
+            if not 0 <= cell < n:
+                raise InteractionError(f"--pairs {i},{j}: cell {cell} is out of range 0..{n - 1} ({cells})")
+        if i == j:
+            raise InteractionError(f"--pairs {i},{j}: the two cells of a pair must differ")
+        out.append((i, j))
+    if not out:
+        raise InteractionError("--pairs: need at least one pair i,j (or a count of random pairs)")
+    return out
+
+
+def resolve_orders(orders: Sequence[int] | None, n: int) -> list[int]:
+    """None → ``default_orders(n)``; else the orders as given, each in 0..n−2."""
+    if orders is None:
+        return default_orders(n)
+    orders = [int(m) for m in orders]
+    grid = round(n ** 0.5)
+    where = f"the {grid}x{grid} grid (n = {n} players)" if grid * grid == n else f"n = {n} players"
+    if not orders:
+        raise InteractionError(f"--orders: need at least one order m in 0..{n - 2}")
+    for m in orders:
+        if not 0 <= m <= n - 2:
+            raise InteractionError(f"--orders {m} is out of range: for {where} an order m lies in "
+                                   f"0..{n - 2} (0..n-2)")
+    return orders
 
 
 def _settings(estimator: str, grid: int, score: str, pairs, orders, samples, players, seed) -> dict[str, Any]:
@@ -142,21 +282,31 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     I^(m)_ij for ``orders``, default a spread over 0..n−2). grid: cells per side (default 16 for images
     ≥ 128 px, else 8). Images are batched ``batch_size`` at a time, ``chunk`` model inputs per forward.
     ``evaluations`` in a row is that row's cost per image. Returns the rows of these settings.
+
+    Every setting, the run folder (records.csv, manifest.json) and the images still to measure are checked
+    before a model is loaded or a file written; an InteractionError names the bad value and its flag or file.
     """
     if estimator not in ESTIMATORS:
         raise InteractionError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     if score not in SCORES:
         raise InteractionError(f"unknown score {score!r}; choose one of {SCORES}")
+    _check_counts(batch_size, chunk, samples, players, pairs)
+    _check_applies(estimator, pairs=pairs, samples=samples, orders=orders, players=players)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     units = _read_units(run_dir)
     if units.empty:
         raise InteractionError(f"{run_dir / 'records.csv'} has no attacked images")
-    height, width = _load_image(run_dir / "clean" / f"{units.image_id[0]}.png").shape[-2:]
-    grid = int(grid) if grid is not None else default_grid(height, width)
+    weights = _weights(run_dir)
+    first = run_dir / "clean" / f"{units.image_id[0]}.png"
+    height, width = _image_size(first, f"image {units.image_id[0]}", run_dir)
+    grid = _check_grid(grid, height, width, estimator, first)
     n = grid * grid
+    if players is not None and players > n:
+        raise InteractionError(f"--players {players} is more than the n = {n} players of the {grid}x{grid} "
+                               f"grid: use 1..{n}")
     pairs_list = resolve_pairs(pairs, n, estimator, seed) if estimator != "average" else []
-    orders = (list(orders) if orders is not None else default_orders(n)) if estimator == "orders" else []
+    orders = resolve_orders(orders, n) if estimator == "orders" else []
     samples = samples if samples is not None else DEFAULT_SAMPLES.get(estimator)
     settings = _settings(estimator, grid, score, pairs_list, orders, samples, players, seed)
 
@@ -165,10 +315,19 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     mine = table[table.setting == settings["setting"]]
     done = set(zip(mine.image_id, mine.attack, mine.source, strict=True))
     todo = units[[(r.image_id, r.attack, r.source) not in done for r in units.itertuples()]]
-    _measure_units(run_dir, todo, settings, batch_size, device, chunk, model_loader or _default_loader,
-                   progress, table, out_path)
-    seconds = time.perf_counter() - t0
+    _check_images(run_dir, todo, (height, width), first)
+    with RunLock(run_dir):
+        _measure_units(run_dir, todo, settings, batch_size, device, chunk, model_loader or _default_loader,
+                       progress, table, out_path, weights)
+        _write_manifest(run_dir, settings, batch_size, device, chunk, todo, units, done, t0)
     result = _existing(out_path)  # re-read, so a fresh and a resumed call return identical frames
+    return result[result.setting == settings["setting"]].reset_index(drop=True)
+
+
+def _write_manifest(run_dir: Path, settings: dict[str, Any], batch_size: int, device: str, chunk: int,
+                    todo: pd.DataFrame, units: pd.DataFrame, done: set, t0: float) -> None:
+    seconds = time.perf_counter() - t0
+    result = _existing(run_dir / "interaction.csv")
     mine = result[result.setting == settings["setting"]]
     fresh = [(r.image_id, r.attack, r.source) not in done for r in mine.itertuples()]
     spent = int(mine[fresh].evaluations.sum())
@@ -179,7 +338,34 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
         "evaluations_per_second": round(spent / seconds, 1) if todo.shape[0] else None,
         **provenance(),
     })
-    return mine.reset_index(drop=True)
+
+
+#: which options each estimator reads; another option given with it would be silently ignored
+APPLIES = {"pairs": ("pairs", "orders"), "samples": ("pairs", "orders"), "orders": ("orders",),
+           "players": ("average",)}
+
+
+def _check_applies(estimator: str, **given: Any) -> None:
+    for option, estimators in APPLIES.items():
+        if given.get(option) is not None and estimator not in estimators:
+            raise InteractionError(f"--{option} has no effect with --estimator {estimator}: it applies to "
+                                   f"--estimator {' or '.join(estimators)}")
+
+
+def _check_images(run_dir: Path, todo: pd.DataFrame, size: tuple[int, int], first: Path) -> None:
+    """Every PNG the pending units need exists, is intact and has the first clean image's size."""
+    seen = {first}  # read already
+    for r in todo.itertuples():
+        for path, listed in ((run_dir / "clean" / f"{r.image_id}.png", f"image {r.image_id}"),
+                             (run_dir / "adv" / str(r.attack) / str(r.source) / f"{r.image_id}.png",
+                              f"image {r.image_id} for attack {r.attack}, source {r.source}")):
+            if path in seen:
+                continue
+            seen.add(path)
+            got = _image_size(path, listed, run_dir)
+            if got != size:
+                raise InteractionError(f"{path} is {got[0]}x{got[1]} px but {first} is {size[0]}x{size[1]} "
+                                       "px: a run's images must all have one size")
 
 
 def _write(path: Path, table: pd.DataFrame, new_rows: list[dict[str, Any]]) -> None:
@@ -189,17 +375,20 @@ def _write(path: Path, table: pd.DataFrame, new_rows: list[dict[str, Any]]) -> N
 
 def _measure_units(run_dir: Path, todo: pd.DataFrame, settings: dict[str, Any], batch_size: int, device: str,
                    chunk: int, loader: ModelLoader, progress: bool, table: pd.DataFrame,
-                   out_path: Path) -> None:
-    """Measure the pending units, grouped by (source, attack), writing the CSV after every batch."""
+                   out_path: Path, run_weights: tuple[str | None, dict[str, str]]) -> None:
+    """Measure the pending units, grouped by (source, attack), writing the CSV after every batch.
+
+    ``run_weights``: (weights_dir, {model: checkpoint}) from ``_weights``."""
     from tqdm.auto import tqdm
 
-    weights_dir, weights = _weights(run_dir)
+    weights_dir, weights = run_weights
     models: dict[str, nn.Module] = {}
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), desc="interaction", unit="img", disable=not progress)
     for (source, attack), group in todo.groupby(["source", "attack"], sort=True):
         if source not in models:
             model = loader(source, weights=weights.get(source), weights_dir=weights_dir, device=device)
+            check_model(run_dir, source, model)
             models[source] = model.eval().to(device)
         for start in range(0, len(group), batch_size):
             batch = group.iloc[start:start + batch_size]
@@ -211,8 +400,10 @@ def _measure_units(run_dir: Path, todo: pd.DataFrame, settings: dict[str, Any], 
 
 def _measure_batch(run_dir: Path, model: nn.Module, batch: pd.DataFrame, attack: str, source: str,
                    settings: dict[str, Any], device: str, chunk: int) -> list[dict[str, Any]]:
-    clean = torch.stack([_load_image(run_dir / "clean" / f"{i}.png") for i in batch.image_id]).to(device)
-    adv = torch.stack([_load_image(run_dir / "adv" / attack / source / f"{i}.png") for i in batch.image_id])
+    clean = torch.stack([_load_image(run_dir / "clean" / f"{i}.png", run_dir)
+                         for i in batch.image_id]).to(device)
+    adv = torch.stack([_load_image(run_dir / "adv" / attack / source / f"{i}.png", run_dir)
+                       for i in batch.image_id])
     y = torch.tensor(batch.label.to_numpy(dtype=np.int64).tolist(), device=device)
     game = BatchedPerturbationGame(model, clean, adv.to(device) - clean, y, grid=settings["grid"],
                                    score=settings["score"], chunk=chunk)

@@ -285,6 +285,12 @@ def manifest_has_machine_and_digests(tmp_path: Path, out: Path, err: str) -> Non
     )
 
 
+def pinned_digest_recorded(tmp_path: Path, out: Path, err: str) -> None:
+    digest = hashlib.sha256((tmp_path / "resnet20_good.pt").read_bytes()).hexdigest()
+    weights = json.loads((out / "manifest.json").read_text())["weights"]["cifar10_resnet20"]
+    assert weights == {"path": str(tmp_path / "resnet20_good.pt"), "digest": f"sha256:{digest}"}
+
+
 CASES = [
     # ---- data loss and escapes
     Case(
@@ -417,6 +423,25 @@ CASES = [
         )
         for kind in ("truncated", "not_zip", "text", "wrong_arch")
     ],
+    *[
+        Case(
+            f"weights-pin-{name}",
+            {
+                "models.targets": ["tiny_a", "cifar10_resnet20"],
+                "models.weights": {"cifar10_resnet20": f"{{tmp}}/resnet20_good.pt#sha256={pin}"},
+            },
+            prepare=lambda t, o: torch.save(cifar_resnet(20, "A").state_dict(), t / "resnet20_good.pt"),
+            message=message,
+            code=code,
+            unchanged="out" if code else None,
+            check=check,
+        )
+        for name, pin, message, code, check in (
+            ("ok", "{good_sha}", "", 0, pinned_digest_recorded),
+            ("mismatch", "12345678", "checksum mismatch for", 2, None),
+            ("malformed", "abc", "'models.weights.cifar10_resnet20': malformed weights pin", 2, None),
+        )
+    ],
     Case("out-is-a-file", prepare=lambda t, o: o.write_text("a file\n"), message="is a file"),
     Case(
         "out-under-a-file",
@@ -487,6 +512,9 @@ def test_bad_input(case: Case, tmp_path, models, capsys, monkeypatch):
         case.prepare(tmp_path, out)
     models.update(SEEDS_NOW)
     text = json.dumps(_apply(base_config(tmp_path), case.config)).replace("{tmp}", str(tmp_path))
+    good = tmp_path / "resnet20_good.pt"
+    if good.exists():
+        text = text.replace("{good_sha}", hashlib.sha256(good.read_bytes()).hexdigest())
     config = write(tmp_path, json.loads(text))
     watched = {"out": out, "victim": tmp_path / "victim", "tmp": tmp_path, None: None}[case.unchanged]
     before = tree_hash(watched) if watched is not None else None

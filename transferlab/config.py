@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, TransferlabError
 from transferlab.names import check_name
 
 ANY = object()  # a free-form value (e.g. reference numbers)
@@ -299,6 +299,12 @@ def _check_models(models: dict, where: str) -> None:
             _fail(where, f"'models.weights.{name}' names no model of the run{hint}; its models: {known}")
         if not isinstance(file, str) or not file.strip():
             _fail(where, f"'models.weights.{name}' must be a checkpoint path (optionally path#sha256=<hex>)")
+        from transferlab.weights import split_pin
+
+        try:
+            split_pin(file)
+        except TransferlabError as exc:
+            _fail(where, f"'models.weights.{name}': {exc}")
 
 
 def _check_data(data: dict, where: str) -> None:

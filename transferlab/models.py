@@ -25,12 +25,14 @@ from transferlab.archs.cifar_shufflenet import cifar_shufflenetv2
 from transferlab.errors import TransferlabError
 from transferlab.weights import (
     EFFICIENTNET_LITE_REPEATS,
+    CheckpointError,
     MissingWeightsError,
     default_weights_dir,
     efficientnet_lite_file,
     find_weights,
-    load_checkpoint,
+    load_checkpoint_with_digest,
     rename_efficientnet_lite_keys,
+    split_pin,
 )
 
 __all__ = [
@@ -96,6 +98,8 @@ class Classifier(nn.Module):
     Frozen (eval mode, no parameter requires grad) so that gradients flow to the input only. The resize is
     `F.interpolate` (differentiable, no antialias) and happens only when the size differs. `mean`/`std` are
     tuples; their tensors are non-persistent buffers, so `.to(device)` and `.double()` carry them along.
+    `weights_path` is the checkpoint file the weights came from (without any `#sha256=` pin) and
+    `weights_sha256` its full hex sha256; both None when no local file was read (timm hub/cache weights).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class Classifier(nn.Module):
         preprocess: Preprocess,
         num_classes: int,
         weights_path: str | None = None,
+        weights_sha256: str | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -116,6 +121,7 @@ class Classifier(nn.Module):
         self.crop_pct = preprocess.crop_pct
         self.num_classes = num_classes
         self.weights_path = weights_path
+        self.weights_sha256 = weights_sha256
         self.register_buffer("norm_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.eval()
@@ -283,6 +289,8 @@ def load_model(
     Zoo names resolve their weights offline (`weights_dir` for the CIFAR models, default
     `$TRANSFERLAB_WEIGHTS_DIR` or `../shared/weights/cifar10`); other timm names use timm's pretrained
     loading (network or local cache) unless `weights` names a local .pth/.pt/.safetensors file.
+    `weights` may carry a digest pin, `path#sha256=<hex>` (see `transferlab.weights.split_pin`), checked
+    before the file is unpickled. A checkpoint that does not fit the network raises `CheckpointError`.
     """
     entry = _REGISTRY.get(name)
     if entry is not None:
@@ -295,21 +303,75 @@ def load_model(
 
 
 def _load_zoo_model(entry: ModelEntry, weights: PathLike | None, weights_dir: PathLike | None) -> Classifier:
-    path = Path(weights) if weights is not None else entry.weights.locate(weights_dir)
+    path, pin = split_pin(weights) if weights is not None else (entry.weights.locate(weights_dir), None)
+    state, sha256 = load_checkpoint_with_digest(path, pin)
     net = entry.build()
-    net.load_state_dict(entry.weights.adapt(load_checkpoint(path)), strict=True)
-    return Classifier(net, entry.name, entry.resolve_preprocess(), entry.num_classes, str(path))
+    try:
+        state = entry.weights.adapt(state)
+    except (KeyError, ValueError) as error:  # e.g. an EfficientNet-Lite block index beyond the variant
+        raise CheckpointError(f"checkpoint {path} does not fit {entry.name}: {error}") from None
+    _load_state(net, state, path, entry.name)
+    preprocess = entry.resolve_preprocess()
+    return Classifier(net, entry.name, preprocess, entry.num_classes, str(path), sha256)
 
 
 def _load_timm_model(name: str, weights: PathLike | None) -> Classifier:
+    path: Path | None = None
+    sha256 = None
     if weights is not None:
+        path, pin = split_pin(weights)
+        state, sha256 = load_checkpoint_with_digest(path, pin)
         net = timm.create_model(name, pretrained=False)
-        net.load_state_dict(load_checkpoint(weights), strict=True)
+        _load_state(net, state, path, name)
     else:
         net = _timm_pretrained(name)
     preprocess = Preprocess.from_timm_config(resolve_data_config({}, model=net))
-    path = str(weights) if weights is not None else None
-    return Classifier(net, name, preprocess, net.num_classes, path)
+    return Classifier(net, name, preprocess, net.num_classes, str(path) if path else None, sha256)
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: PathLike, name: str) -> None:
+    """Strict `load_state_dict`, its failure summarised on one line (`CheckpointError`)."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {name}: {_mismatch(net, state, error)}"
+        ) from None
+
+
+def _mismatch(net: nn.Module, state: dict[str, torch.Tensor], error: Exception, shown: int = 3) -> str:
+    """'N missing keys (a, b, ...); M unexpected keys (...); K shape mismatches (k: checkpoint AxB, ...)'."""
+    expected = net.state_dict()
+    # torch fills in BatchNorm's num_batches_tracked for unversioned state dicts: not a real mismatch
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {_shape(state[k])} vs model {_shape(v)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+
+    parts = [
+        f"{len(items)} {one if len(items) == 1 else many} ({_first(items, shown)})"
+        for items, one, many in (
+            (missing, "missing key", "missing keys"),
+            (unexpected, "unexpected key", "unexpected keys"),
+            (shapes, "shape mismatch", "shape mismatches"),
+        )
+        if items
+    ]
+    if not parts:  # something else went wrong: torch's first line
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), repr(error))
+        return first[:200]
+    return "; ".join(parts) + " (is it a checkpoint of another architecture?)"
+
+
+def _first(items: list[str], shown: int) -> str:
+    return ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
 
 
 def _timm_pretrained(name: str) -> nn.Module:

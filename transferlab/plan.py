@@ -49,7 +49,9 @@ def print_plan(cfg: dict, out: Path) -> int:
         explicit = (cfg["models"].get("weights") or {}).get(name)
         row = rows.get(name)
         if explicit:
-            ok = Path(explicit).is_file()
+            from transferlab.weights import split_pin
+
+            ok = split_pin(explicit)[0].is_file()
             where = explicit
         elif row is not None:
             ok, where = row["available"], row["path"] or row["weights_source"]

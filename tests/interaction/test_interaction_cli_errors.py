@@ -72,7 +72,8 @@ CASES = [
     (I + [RUN, "--pairs", "0,1"], 2, "--pairs has no effect with --estimator average: it applies to "
                                      "--estimator pairs or orders"),
     (I + [RUN, "--estimator", "pairs", "--orders", "1"], 2, "--orders has no effect with --estimator pairs"),
-    (I + [RUN, "--estimator", "orders", "--players", "4"], 2, "--players has no effect with --estimator orders"),
+    (I + [RUN, "--estimator", "orders", "--players", "4"], 2,
+     "--players has no effect with --estimator orders"),
     (I + [BAD_CLEAN], 2, f"clean/{BAD}.png is not a readable PNG (not a PNG image): the run folder is "
                          "damaged"),
     (I + [BAD_ADV], 2, f"adv/pgd/tiny_a/{BAD}.png is not a readable PNG (not a PNG image)"),

@@ -410,6 +410,8 @@ CASES = [
         {"models.targets": ["tiny_a", "../tiny_b"]},
         message="model name 'models.targets[1]'",
     ),
+    Case("only-names-nothing", args=["--only", ","], message="--only ',' names no attack"),
+    Case("device-missing", {"device": "mps"}, message="device 'mps' (config key 'device') is not available"),
     Case("model-twice", {"models.targets": ["tiny_a", "tiny_a"]}, message="more than once"),
     *[
         Case(
@@ -443,6 +445,8 @@ CASES = [
         )
     ],
     Case("out-is-a-file", prepare=lambda t, o: o.write_text("a file\n"), message="is a file"),
+    Case("fresh-out-is-a-file", args=["--fresh"], prepare=lambda t, o: o.write_text("a file\n"),
+         message="is a file, not a run directory; nothing removed"),
     Case(
         "out-under-a-file",
         out="afile/run",

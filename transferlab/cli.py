@@ -39,6 +39,8 @@ def select_attacks(cfg: dict, only: str, path: str) -> dict:
     from transferlab.errors import ConfigError
 
     names = [n.strip() for n in only.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{path}: --only {only!r} names no attack; it has {list(cfg['attacks'])}")
     unknown = [n for n in names if n not in cfg["attacks"]]
     if unknown:
         raise ConfigError(

@@ -81,8 +81,12 @@ KEY_FORMAT = 2  # job keys include the source's weights digest
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU; an explicit device that this machine lacks is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(name.split(":")[0], False):
+        raise RunError(f"device {name!r} (config key 'device') is not available on this machine; use 'auto'")
     return torch.device(name)
 
 

@@ -123,10 +123,10 @@ def fresh_plan(path: Path) -> tuple[list[Path], list[Path]]:
     Refuses a folder that is not a transferlab run. Only what transferlab writes is removed (the files in
     `RUN_FILES` and the folders in `RUN_FOLDERS`, locks excepted); anything else stays and is listed.
     """
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--fresh: {path} is a file, not a run directory; nothing removed")
     if not path.exists() or is_empty(path):
         return [], []
-    if not path.is_dir():
-        raise RunDirError(f"--fresh: {path} is a file, not a run directory; nothing removed")
     if not is_run(path):
         raise RunDirError(
             f"--fresh refuses to delete {path}: it is not a transferlab run (no {MARKER}, clean.csv or "

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -48,6 +49,23 @@ class ChannelNet(nn.Module):
         h = torch.relu(self.conv1(x))
         h = h + torch.relu(self.conv2(h))
         return means + self.head(h.mean((2, 3)))
+
+
+class ShapeSensitiveNet(nn.Module):
+    """ChannelNet plus a term scaled by the number of rows in the call: per-sample, but a sample's
+    logits (and gradient) change with the batch shape, as real kernels' rounding does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ChannelNet()
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer("pattern", torch.randn(3, 3, 4, 4, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(x, 4)[:, None]  # any input size (DI enlarges it)
+        scale = (x.shape[0] % 5) - 2  # as large as the data term's gradient: flips signs
+        shape_term = 2.0 * scale * torch.tanh(pooled * self.pattern).flatten(2).sum(2)
+        return self.net(x) + shape_term
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ChannelNet, make_folder_dataset
+from conftest import ChannelNet, ShapeSensitiveNet, make_folder_dataset
 
 from transferlab import cli
 from transferlab.attacks.base import Attack
@@ -302,3 +302,36 @@ def test_only_runs_the_named_attacks(tmp_path, tiny_models, capsys):
     assert set(pd.read_csv(tmp_path / "r" / "results.csv").attack) == {"pgd_l2"}
     assert cli.main(["run", str(config), "--out", str(tmp_path / "r"), "--only", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape_rounding(
+    tmp_path, monkeypatch
+):
+    """Kernels may round differently for another batch shape (ShapeSensitiveNet makes that large): a batch
+    left incomplete by a smaller data.limit or a kill is redone whole, as the fresh run attacks it."""
+    cache = {}
+    monkeypatch.setattr(Experiment, "model", lambda self, name: cache.setdefault(name, ShapeSensitiveNet()))
+    config = write_config(
+        tmp_path,
+        **{"models.targets": ["tiny_a"], "attack_defaults.batch_size": 8,
+           "attacks": {"pgd": {"method": "pgd"}}},
+    )
+    folder = ("adv", "pgd", "tiny_a")
+
+    def pngs(out):
+        return {p.name: p.read_bytes() for p in sorted(out.joinpath(*folder).glob("*.png"))}
+
+    run(config, tmp_path / "fresh", "data.limit=8")
+    fresh = pngs(tmp_path / "fresh")
+    run(config, tmp_path / "extended", "data.limit=4")
+    partial = pngs(tmp_path / "extended")
+    assert any(partial[name] != fresh[name] for name in partial)  # the 4-image batch rounds otherwise
+    run(config, tmp_path / "extended", "data.limit=8")
+    assert pngs(tmp_path / "extended") == fresh
+    manifest = json.loads((tmp_path / "extended" / "manifest.json").read_text())
+    assert any("redoing an incomplete batch" in n for n in manifest["notices"])
+    # a kill after 5 of the batch's 8 PNGs were written
+    for name in sorted(fresh)[5:]:
+        (tmp_path / "fresh").joinpath(*folder, name).unlink()
+    run(config, tmp_path / "fresh", "data.limit=8")
+    assert pngs(tmp_path / "fresh") == fresh

@@ -398,7 +398,10 @@ class Experiment:
         return self.out / "adv" / job.attack / job.source
 
     def attack_job(self, job: Job, items: list[Item]) -> None:
-        """Attack every eligible image without a saved adversarial PNG; record time and cost."""
+        """Attack the eligible images in fixed batches of `batch_size` by position (images 0..B−1, B..2B−1,
+        ...); a batch with any image lacking a usable PNG is attacked whole. Kernels may round differently
+        for another batch shape, so a batch that a kill or a smaller `data.limit` left incomplete is redone
+        as the batch a fresh run would attack: a resumed or extended run ends with a fresh run's bytes."""
         folder = self.adv_dir(job)
         meta_path = folder / "job.json"
         key = self.job_key(job)
@@ -424,7 +427,10 @@ class Experiment:
             "images": 0,
             "forwards": 0,
         }
-        todo = [i for i in items if not self._usable_adv(job, i)]
+        size = job.spec["batch_size"]
+        blocks = [items[start : start + size] for start in range(0, len(items), size)]
+        usable = [[self._usable_adv(job, i) for i in block] for block in blocks]
+        todo = [block for block, ok in zip(blocks, usable) if not all(ok)]
         if not todo:
             return
         # jobs started before CPU time was kept: their CPU time covers only the images attacked since
@@ -446,13 +452,12 @@ class Experiment:
             meta["machines"].append(where)
         attack = self.build(job)
         model = self.model(job.source)
-        size = job.spec["batch_size"]
         every = self.cfg["eval"]["record_every"]
         bar = tqdm(
-            total=len(todo), desc=f"{job.attack} on {job.source}", unit="img", disable=not self.progress
+            total=sum(map(len, todo)), desc=f"{job.attack} on {job.source}", unit="img",
+            disable=not self.progress,
         )
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
+        for chunk in todo:
             _, images = self.dataset.load(chunk)
             x = to_float(images).to(self.device)
             y = torch.tensor([i.label for i in chunk], device=self.device)
@@ -473,8 +478,15 @@ class Experiment:
             meta["cpu_images"] += len(chunk)
             meta["forwards"] += attack.forwards_total
             q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
+            changed = []
             for item, image in zip(chunk, q):
-                atomic_write_png(folder / f"{item.image_id}.png", image.permute(1, 2, 0).numpy())
+                path, array = folder / f"{item.image_id}.png", image.permute(1, 2, 0).numpy()
+                old = try_read_png(path) if path.exists() else None
+                if old is not None and not np.array_equal(old, array):
+                    changed.append(item.image_id)
+                atomic_write_png(path, array)
+            if changed:
+                self._forget_derived(job, changed)
             meta["steps"] = attack.steps
             meta["eps_unit"] = attack.eps
             steps = max(1, attack.steps)
@@ -484,6 +496,26 @@ class Experiment:
             atomic_write_json(meta_path, meta)
             bar.update(len(chunk))
         bar.close()
+
+    def _forget_derived(self, job: Job, ids: list[str]) -> None:
+        """Cached PNGs of an incomplete batch changed when it was redone whole: drop what was computed
+        from them (the job's evaluations, their rows in interaction.csv) and say so."""
+        for stale in (self.out / "evals").glob(f"{job.attack}__{job.source}__*.csv"):
+            stale.unlink()
+        path = self.out / "interaction.csv"
+        dropped = 0
+        if path.exists():
+            table = pd.read_csv(path, dtype={"image_id": str})
+            hit = (table.attack == job.attack) & (table.source == job.source) & table.image_id.isin(ids)
+            dropped = int(hit.sum())
+            if dropped:
+                atomic_write_csv(path, table[~hit])
+        self.notice(
+            f"{job.attack} on {job.source}: redoing an incomplete batch as a whole (as a fresh run attacks "
+            f"it) changed the cached PNGs of {len(ids)} images (the batch's shape changes the floats' last "
+            "bits)"
+            + (f"; removed their {dropped} rows from interaction.csv (measure again)" if dropped else "")
+        )
 
     def _usable_adv(self, job: Job, item: Item) -> bool:
         """Whether the cached adversarial PNG of `item` exists, reads, has the run's size and lies in the

@@ -557,14 +557,14 @@ def test_ir_official_cost_and_clean_scores_once():
     assert attack.passes_per_step() == 1 + 2 * k + 1 and attack.inputs_per_image() == 2 * k + 1
     assert attack.forwards_per_step() == pytest.approx(2 * k + 1 + 1 / steps)  # + the one-off clean forward
     assert (
-        counting.calls == [3] + [3, 3 * 2 * k] * steps
+        counting.calls == ([1] + [1, 2 * k] * steps) * 3
     )  # clean, then per step: data term + one masked batch
     assert counting.clean_rows == 3  # s(x) is computed once, not per step
     # with a transform the data term's logits are not at the point: the full input joins the masked batch
     counting = CountingModel(model, x)
     attack = build_attack("di+ir", {"ir": {"masks": k}}, eps=EPS, alpha=ALPHA, steps=steps)
     attack.run(counting, x, y)
-    assert counting.calls == [3] + [3, 3 * (2 * k + 1)] * steps
+    assert counting.calls == ([1] + [1, 2 * k + 1] * steps) * 3  # one image per micro-batch
     pairwise = make_component("ir", {"variant": "pairwise", "grid": 4})
     assert pairwise.extra_forwards() == 2 * 16 + 1
     assert make_component("ir", {"variant": "pairwise", "players": 5}).extra_forwards() == 11

@@ -16,7 +16,8 @@ Per step, for the current adversarial image x' = x + δ:
 7. ``update``      sign step (L∞) or normalised step (L2), projection onto the ε-ball and [0,1]
 
 Each image's result depends only on that image: randomness comes from per-image streams
-(`transferlab.rng.ImageStreams`) and every reduction is per image.
+(`transferlab.rng.ImageStreams`) and every reduction is per image. The one residue is the micro-batch
+shape, which may change the kernels' rounding; see `Attack` and `Component.per_image`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class Component:
     order: ClassVar[int] = 50
     #: the attack runs without random start unless configured (IR's convention)
     default_random_start: ClassVar[bool | None] = None
+    #: attack one image per micro-batch, so that every model call holds only that image's inputs and
+    #: its floats cannot depend on batch-mates through batch-shape-dependent kernels (IR)
+    per_image: ClassVar[bool] = False
 
     def batch_multiplier(self) -> int:
         """Factor on the data term's model batch (VR: copies; VT: its neighbour call). Sizes micro-batches."""
@@ -144,8 +148,10 @@ class Attack:
 
     eps, alpha: in [0,1] pixel units. For ``norm='l2'`` they are L2 norms of δ in [0,1] units.
     max_forward: largest number of images sent through the model in one call; batches larger than
-    that (after components' multipliers) are attacked in independent micro-batches, which gives the
-    same result because no image depends on another.
+    that (after components' multipliers) are attacked in independent micro-batches. No image's inputs
+    enter another's arithmetic, but CPU kernels may round differently for another batch shape, so the
+    micro-batch size can change the last bits (README, "Evaluation protocol"); attacks with a
+    `per_image` component (IR) use micro-batches of one image, so their floats never depend on the batch.
     """
 
     def __init__(
@@ -316,7 +322,10 @@ class Attack:
         return max(1, data, *(c.extra_forwards() for c in self.components))
 
     def images_per_forward(self) -> int:
-        """Images per micro-batch: as many as fit `max_forward` model inputs (at least one)."""
+        """Images per micro-batch: as many as fit `max_forward` model inputs (at least one); one if a
+        component is `per_image`."""
+        if any(c.per_image for c in self.components):
+            return 1
         return max(1, self.max_forward // self.inputs_per_image())
 
     def passes_per_step(self) -> float:

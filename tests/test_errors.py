@@ -361,7 +361,7 @@ CASES = [
         "duplicate-row-in-images-csv",
         {"data": {"kind": "nips17", "root": "{tmp}/nips", "resolution": 16}},
         prepare=nips17(["a1", "b2", "a1"]),
-        message="two images have the id 'a1'",
+        message="image 'a1' is listed twice",
     ),
     Case(
         "random-start-string",

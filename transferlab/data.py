@@ -179,6 +179,8 @@ def check_items(items: list[Item], where: str) -> list[Item]:
                 "start with a letter or digit and use only letters, digits and _ . + = @ , - "
                 "(no '/', no '..')"
             )
+        if item.image_id in seen and seen[item.image_id].path == item.path:
+            raise DataError(f"{where}: image {item.image_id!r} is listed twice; an image may be listed once")
         if item.image_id in seen:
             raise DataError(
                 f"{where}: two images have the id {item.image_id!r}: {seen[item.image_id].path} and "

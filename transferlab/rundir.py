@@ -203,8 +203,8 @@ def check_identity(path: Path, data: dict, models: dict[str, str]) -> tuple[dict
     for name, digest in models.items():
         if name in old_models and old_models[name] != digest:
             raise RunDirError(
-                f"{path} was run with other weights for {name} (sha256 {old_models[name][:16]}..., now "
-                f"{digest[:16]}...; check models.weights_dir / models.weights): its cached results belong to "
+                f"{path} was run with other weights for {name} ({old_models[name][:24]}..., now "
+                f"{digest[:24]}...; check models.weights_dir / models.weights): its cached results belong to "
                 "those weights. Use another --out, or --fresh to start over"
             )
         old_models[name] = digest

@@ -335,3 +335,31 @@ def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape
         (tmp_path / "fresh").joinpath(*folder, name).unlink()
     run(config, tmp_path / "fresh", "data.limit=8")
     assert pngs(tmp_path / "fresh") == fresh
+
+
+def test_legacy_run_is_adopted_but_not_its_ir_jobs(tmp_path, tiny_models):
+    """A run made before run.json and weights digests: adopted after its clean predictions are checked,
+    except IR jobs, whose images were attacked in shared micro-batches then."""
+    config = write_config(
+        tmp_path, attacks={"pgd": {"method": "pgd"}, "ir": {"method": "ir", "ir": {"grid": 4}}}
+    )
+    out = tmp_path / "run"
+    run(config, out)
+    exp = Experiment(load_config(config), out, progress=False)
+    exp.load_models()
+    (out / "run.json").unlink()
+    for job in exp.jobs():
+        meta_path = exp.adv_dir(job) / "job.json"
+        meta = json.loads(meta_path.read_text())
+        meta.pop("key_format")
+        meta["key"] = exp.job_key(job, legacy=True)
+        meta_path.write_text(json.dumps(meta))
+    before = pd.read_csv(out / "results.csv").query("attack == 'pgd'").reset_index(drop=True)
+    with pytest.raises(RunError, match="before IR ran one image per micro-batch"):
+        run(config, out)
+    cfg = load_config(config)
+    cfg["attacks"].pop("ir")
+    Experiment(cfg, out, progress=False).run()
+    assert (out / "run.json").exists()
+    assert json.loads((out / "adv" / "pgd" / "tiny_a" / "job.json").read_text())["key_format"] == 2
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), before)  # adopted, nothing redone

@@ -408,6 +408,11 @@ class Experiment:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
         legacy = meta is not None and meta.get("key_format") != KEY_FORMAT
         if legacy and meta["key"] == self.job_key(job, legacy=True):
+            if any(c.per_image for c in self.build(job).components):
+                raise RunError(
+                    f"{folder} holds '{job.attack}' attacked before IR ran one image per micro-batch: its "
+                    "images would not match the ones attacked now; use a new --out directory or --fresh"
+                )
             meta.update(key=key, key_format=KEY_FORMAT)  # a job of a run adopted by _verify_cached_clean
             atomic_write_json(meta_path, meta)
         if meta is not None and meta["key"] != key:

@@ -146,6 +146,7 @@ class Experiment:
         self.timings: dict[str, float] = {}
         self.notices: list[str] = []
         self.digests: dict[str, str] = {}
+        self.legacy = False  # set by run(): a run made before run.json, adopted after a check
         # the code that runs is the code at the start of this invocation, not at the report
         self.provenance = provenance()
 

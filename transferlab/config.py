@@ -99,6 +99,10 @@ def _fail(where: str, msg: str) -> None:
     raise ConfigError(f"{where}: {msg}")
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -120,9 +124,7 @@ def check_loop_value(key: str, value: Any, path: str, where: str) -> Any:
             _fail(where, f"{where_key} must be in (0, 255] (1/255 steps), got {value!r}")
         value = float(value)
     elif key in ("steps", "batch_size") or (key == "max_forward" and value is not None):
-        if not isinstance(value, int) or isinstance(value, bool):
-            _fail(where, f"{where_key} must be a positive integer, got {value!r}")
-        if value < 1:
+        if not _integer(value) or value < 1:
             _fail(where, f"{where_key} must be a positive integer, got {value!r}")
     elif key == "random_start":
         if value is not None and not isinstance(value, bool):
@@ -169,7 +171,7 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, float):
         return _number(value)
     if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
+        return _integer(value)
     return isinstance(value, type(default))
 
 
@@ -265,10 +267,10 @@ def validate(raw: dict, where: str = "<config>") -> dict:
     check_name(cfg["name"], "'name'", where)
     _check_models(cfg["models"], where)
     _check_data(cfg["data"], where)
-    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
+    if not _integer(cfg["seed"]) or cfg["seed"] < 0:
         _fail(where, f"'seed' must be a non-negative integer, got {cfg['seed']!r}")
     every = cfg["eval"]["record_every"]
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    if not _integer(every) or every < 0:
         _fail(where, f"'eval.record_every' must be an integer >= 0, got {every!r}")
     return cfg
 
@@ -309,10 +311,10 @@ def _check_models(models: dict, where: str) -> None:
 
 def _check_data(data: dict, where: str) -> None:
     limit = data["limit"]
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+    if limit is not None and (not _integer(limit) or limit < 1):
         _fail(where, f"'data.limit' must be a positive integer or null, got {limit!r}")
     resolution = data["resolution"]
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or not 8 <= resolution <= 4096:
+    if not _integer(resolution) or not 8 <= resolution <= 4096:
         _fail(where, f"'data.resolution' must be an integer (pixels) in [8, 4096], got {resolution!r}")
     crop = data["crop_pct"]
     if not _number(crop) or not 0 < crop <= 1:

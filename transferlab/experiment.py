@@ -49,6 +49,7 @@ from transferlab.io import (
 )
 from transferlab.provenance import provenance
 from transferlab.rundir import (
+    LOCKS,
     RunLock,
     check_identity,
     check_output_dir,
@@ -233,7 +234,7 @@ class Experiment:
             if fresh and remove:
                 print(f"transferlab: {describe_fresh(self.out, remove, keep)}", file=sys.stderr)
                 remove_entries(remove)
-            swept = remove_stale_temporaries(self.out)
+            swept = remove_stale_temporaries(self.out, skip=(LOCKS,))  # a lock being created elsewhere
             if swept:
                 self.notice(f"removed {len(swept)} temporary files a killed run left in {self.out}")
             _, self.legacy = check_identity(self.out, self.data_identity(), self.digests)
@@ -506,8 +507,7 @@ class Experiment:
     def _forget_derived(self, job: Job, ids: list[str]) -> None:
         """Cached PNGs of an incomplete batch changed when it was redone whole: drop what was computed
         from them (the job's evaluations, their rows in interaction.csv) and say so."""
-        for stale in (self.out / "evals").glob(f"{job.attack}__{job.source}__*.csv"):
-            stale.unlink()
+        self._drop_evaluations(job)
         path = self.out / "interaction.csv"
         dropped = 0
         if path.exists():
@@ -538,18 +538,22 @@ class Experiment:
             problem = f"has shape {adv.shape}, the clean image {None if clean is None else clean.shape}"
         else:
             eps, _ = loop_units(job.spec, self.resolution)
-            delta = adv.astype(np.int16) - clean.astype(np.int16)
-            linf, l2 = np.abs(delta).max(), np.sqrt((delta.astype(float) ** 2).sum())
-            size = linf if job.spec["norm"] == "linf" else l2
+            pair = (torch.from_numpy(a)[None].float() / 255 for a in (clean, adv))
+            linf, l2 = perturbation_norms(*pair)
+            size = float(linf if job.spec["norm"] == "linf" else l2)
             if size > eps * 255 + 1e-3:
                 problem = f"lies outside the ε-ball ({job.spec['norm']} {size:.4g} levels > {eps * 255:.4g})"
         if problem is None:
             return True
         self.notice(f"cached adversarial image {path} {problem}: recomputing it")
         path.unlink()
+        self._drop_evaluations(job)
+        return False
+
+    def _drop_evaluations(self, job: Job) -> None:
+        """Remove the job's cached target evaluations (its adversarial images are about to change)."""
         for stale in (self.out / "evals").glob(f"{job.attack}__{job.source}__*.csv"):
             stale.unlink()
-        return False
 
     def warm_up(self, source: str, x: torch.Tensor) -> None:
         """One untimed forward+backward of the source on a batch before its first timed attack, so that

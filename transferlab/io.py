@@ -80,13 +80,16 @@ def try_read_png(path: str | os.PathLike) -> np.ndarray | None:
         return None
 
 
-def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(root: str | os.PathLike, skip: tuple[str, ...] = ()) -> list[Path]:
     """Delete the `.<name>.<random>.tmp` files a killed writer left under `root`; return them.
 
-    Only names of the form `atomic_write_bytes` creates are touched; call it while holding the run's lock.
+    Only names of the form `atomic_write_bytes` creates are touched, outside the folders named in `skip`;
+    call it while holding the run's lock.
     """
     removed = []
     for path in Path(root).rglob(f".*{TMP_SUFFIX}"):
+        if skip and set(path.relative_to(root).parts) & set(skip):
+            continue
         if path.is_file() and path.name.count(".") >= 3:
             path.unlink(missing_ok=True)
             removed.append(path)

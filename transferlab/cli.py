@@ -12,10 +12,24 @@ from pathlib import Path
 from transferlab.errors import TransferlabError
 
 
+class RunError(TransferlabError):
+    """A command-line combination that cannot run."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from transferlab.config import load_config
-    from transferlab.experiment import Experiment
+    from transferlab.rundir import launcher_shard, parse_shard
+    from transferlab.runner import Experiment
+    from transferlab.runner import distributed as dist
+    from transferlab.runner.threads import apply_threads
 
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard is not None and launcher_shard() is not None:
+        raise RunError(
+            "--shard is given, but torchrun already assigns this process its shard (RANK/WORLD_SIZE): "
+            "drop --shard under torchrun"
+        )
+    threads = apply_threads(args.threads)  # before any torch work
     cfg = load_config(args.config, args.overrides)
     if args.only:
         cfg = select_attacks(cfg, args.only, args.config)
@@ -23,14 +37,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from transferlab.plan import print_plan
 
-        return print_plan(cfg, out)
+        return print_plan(cfg, out, shard=shard, threads=threads)
     t0 = time.time()
-    exp = Experiment(
-        cfg, out, progress=not args.quiet, config_path=str(args.config), overrides=args.overrides
-    )
-    exp.run(fresh=args.fresh)
-    print(f"\n{cfg['name']}: {len(exp.jobs())} attack jobs, outputs in {out}/ ({time.time() - t0:.1f} s)")
+    world = dist.join_world() if dist.launched() else None
+    try:
+        exp = Experiment(
+            cfg, out, progress=not args.quiet and (world is None or world.rank == 0),
+            config_path=str(args.config), overrides=args.overrides, shard=shard, world=world,
+            threads=threads,
+        )
+        report = exp.run(fresh=args.fresh)
+    finally:
+        if world is not None:
+            dist.leave_world()
+    took = f"{time.time() - t0:.1f} s"
+    if report is None:
+        print(f"\n{cfg['name']}: shard {exp.shard} of {len(exp.jobs())} attack jobs done in {took} ({out}/)")
+        return 0
+    split = f" in {exp.shard.count} shards" if exp.shard.sharded else ""
+    print(f"\n{cfg['name']}: {len(exp.jobs())} attack jobs{split}, outputs in {out}/ ({took})")
     print((out / "table.md").read_text().split("## Error rate")[0])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from transferlab.eval.merge import report_dirs
+
+    dirs = [Path(d) for d in args.dirs]
+    out = Path(args.out) if args.out else None
+    report = report_dirs(dirs, out)
+    target = out or dirs[0]
+    shards = report["manifest"]["world_size"]
+    print(f"{report['manifest']['config']['name']}: report of {shards} shard(s) from "
+          f"{', '.join(map(str, dirs))} written to {target}/")
+    print((target / "table.md").read_text().split("## Error rate")[0])
     return 0
 
 
@@ -45,6 +85,12 @@ def select_attacks(cfg: dict, only: str, path: str) -> dict:
     if unknown:
         raise ConfigError(
             f"{path}: --only names attacks not in the config: {unknown}; it has {list(cfg['attacks'])}"
+        )
+    baseline = cfg["eval"].get("baseline")
+    if baseline and baseline not in names:
+        raise ConfigError(
+            f"{path}: --only {only!r} leaves out '{baseline}', the baseline of the gains (eval.baseline); "
+            f"add it to --only, or override eval.baseline=null to use the plain PGD entry if one is kept"
         )
     cfg = dict(cfg)
     cfg["attacks"] = {k: v for k, v in cfg["attacks"].items() if k in names}
@@ -93,7 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--only", metavar="A,B", help="run only these attacks of the config (comma-separated)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="attack only shard K of N (blocks of batch_size eligible images, every N-th; K = 0..N-1); "
+        "shards share --out or each has its own (then merge with `transferlab report`)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="torch threads of this process (default: cores / processes on this node; see README)",
+    )
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser(
+        "report",
+        help="write the tables of a run from its directory, merging the shards of one or more directories",
+    )
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (shards of one run)")
+    report.add_argument(
+        "--out", help="merge into this directory (default: the first DIR; with several DIRs, required)"
+    )
+    report.set_defaults(func=cmd_report)
 
     models = sub.add_parser("models", help="list model names, their weight sources and availability")
     models.add_argument("--weights-dir", help="folder holding the CIFAR checkpoints")

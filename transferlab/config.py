@@ -57,6 +57,7 @@ SCHEMA: dict[str, Any] = {
     "attacks": ANY,  # {name: {method: ..., <loop keys>, <component>: {params}}}
     "eval": {
         "record_every": 0,  # >0: record target predictions every k steps (best-step metric)
+        "baseline": None,  # the attack gains and costs are measured against; None: the plain PGD entry
     },
     "reference": ANY,  # the paper's numbers, printed beside ours
 }
@@ -272,7 +273,23 @@ def validate(raw: dict, where: str = "<config>") -> dict:
     every = cfg["eval"]["record_every"]
     if not _integer(every) or every < 0:
         _fail(where, f"'eval.record_every' must be an integer >= 0, got {every!r}")
+    check_baseline(cfg, where)
     return cfg
+
+
+def check_baseline(cfg: dict, where: str) -> None:
+    """`eval.baseline`, when given, names an attack of the config."""
+    named = cfg["eval"]["baseline"]
+    if named is None:
+        return
+    if not isinstance(named, str) or named not in cfg["attacks"]:
+        close = difflib.get_close_matches(str(named), list(cfg["attacks"]), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(
+            where,
+            f"'eval.baseline' is {named!r}, which names no attack of the config{hint}; its attacks: "
+            f"{list(cfg['attacks'])} (leave it out to use the plain PGD entry)",
+        )
 
 
 def _check_models(models: dict, where: str) -> None:

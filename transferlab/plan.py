@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferlab.experiment import attack_from_spec
+from transferlab.runner.resolve import attack_from_spec
 
 
 def timm_weights_status(name: str) -> tuple[bool | None, str]:
@@ -31,7 +31,7 @@ def timm_weights_status(name: str) -> tuple[bool | None, str]:
     return False, f"hf-hub:{hub} not in the local cache (needs a download, or set models.weights.{name})"
 
 
-def print_plan(cfg: dict, out: Path) -> int:
+def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) -> int:
     from transferlab.data import open_dataset
     from transferlab.models import list_models
 
@@ -77,6 +77,13 @@ def print_plan(cfg: dict, out: Path) -> int:
         f"\nestimated: about {int(total):,} image forward+backward passes on the sources "
         f"(+ {limit * len(names) * (1 + len(cfg['attacks'])):,} forwards for clean and target predictions)"
     )
+    if shard is not None and shard.sharded:
+        print(
+            f"shard {shard}: every {shard.count}-th block of batch_size images from block {shard.index}"
+            f" (about 1/{shard.count} of the passes)"
+        )
+    if threads is not None:
+        print(f"torch threads: {threads['threads']} ({threads['rule']})")
     if missing:
         print(f"\nmissing weights: {', '.join(missing)} — `transferlab models` says how to obtain them")
         return 1

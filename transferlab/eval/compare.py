@@ -26,6 +26,25 @@ GAIN_COLUMNS = [
 ]
 
 
+def baseline_of(cfg: dict) -> str | None:
+    """The attack gains and costs are measured against: `eval.baseline` when set, else the first attack
+    of the config whose method is the plain base loop (PGD/I-FGSM, no components), found by its method,
+    not its name; None when there is none (no gains are then reported)."""
+    from transferlab.attacks.registry import parse_method
+
+    named = cfg.get("eval", {}).get("baseline")
+    if named:
+        return named
+    for name, spec in cfg["attacks"].items():
+        if not parse_method(spec["method"]):
+            return name
+    return None
+
+
+def empty_gains() -> pd.DataFrame:
+    return pd.DataFrame(columns=GAIN_COLUMNS)
+
+
 def paired_gain(
     a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -48,7 +67,7 @@ def gains_over(
     target classifies correctly when clean (the same images for both attacks)."""
     rows = []
     if baseline not in set(records.attack):
-        return pd.DataFrame(columns=GAIN_COLUMNS)
+        return empty_gains()
     correct = records[records.target_clean_correct]
     for (source, target), group in correct.groupby(["source", "target"], sort=False):
         table = group.pivot_table(index="image_id", columns="attack", values="fooled", aggfunc="first")

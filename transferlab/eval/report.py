@@ -13,9 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from transferlab.eval.compare import gains_markdown, gains_over  # noqa: E402
+from transferlab.eval.compare import baseline_of, empty_gains, gains_markdown, gains_over  # noqa: E402
+from transferlab.eval.records import assemble_records, missing_work  # noqa: E402
 from transferlab.eval.transfer import summarise  # noqa: E402
 from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
+from transferlab.rundir import RunDir, RunDirError, jobs_of  # noqa: E402
+from transferlab.rundir.layout import COST_FIELDS  # noqa: E402
 
 
 def rate_cell(row: pd.Series) -> str:
@@ -168,26 +171,31 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def job_metas(exp) -> list[tuple[Any, dict]]:
-    """(job, its job.json) for every job of the run, each file read once."""
-    import json
-
-    return [(job, json.loads((exp.adv_dir(job) / "job.json").read_text())) for job in exp.jobs()]
+class IncompleteRun(RunDirError):
+    """The run directories lack finished work (the message lists it, per job and per shard)."""
 
 
-def cost_table(metas: list[tuple[Any, dict]]) -> pd.DataFrame:
+def cost_table(run: RunDir, cfg: dict, baseline: str | None) -> pd.DataFrame:
+    """Per job: images, steps, time and forwards summed over every writer (process, shard) that attacked
+    its images, per image and step, and the ratio to the baseline attack's time on the same source."""
     rows = []
-    for job, meta in metas:
+    for job in jobs_of(cfg):
+        costs = run.read_costs(job.attack, job.source).values()
+        total = {f: sum(c.get(f, 0) for c in costs) for f in COST_FIELDS}
+        steps = max(1, int((run.read_job(job.attack, job.source) or {}).get("steps", job.spec["steps"])))
+        images = max(1, total["images"])
+        cpu_images = total["cpu_images"]
         rows.append(
             {
                 "attack": job.attack,
                 "source": job.source,
-                "images": meta["images"],
-                "steps": meta["steps"],
-                "seconds": meta["seconds"],
-                "s_per_image_step": meta["seconds_per_image_step"],
-                "cpu_s_per_image_step": meta.get("cpu_seconds_per_image_step", float("nan")),
-                "forwards_per_image_step": meta["forwards_per_image_step"],
+                "images": total["images"],
+                "steps": steps,
+                "seconds": total["seconds"],
+                "s_per_image_step": total["seconds"] / (images * steps),
+                "cpu_s_per_image_step": total["cpu_seconds"] / (cpu_images * steps) if cpu_images else np.nan,
+                "forwards_per_image_step": total["forwards"] / (images * steps),
+                "writers": len(costs),
             }
         )
     frame = pd.DataFrame(rows)
@@ -196,47 +204,147 @@ def cost_table(metas: list[tuple[Any, dict]]) -> pd.DataFrame:
     use_cpu = frame.cpu_s_per_image_step.notna().all()
     column = "cpu_s_per_image_step" if use_cpu else "s_per_image_step"
     frame["cost_basis"] = "cpu" if use_cpu else "wall"
+    frame["baseline"] = baseline
+    frame["cost_vs_baseline"] = np.nan
     for _, group in frame.groupby("source"):
-        base = group[group.attack == "pgd"]
+        base = group[group.attack == baseline]
         if len(base):
-            frame.loc[group.index, "cost_vs_pgd"] = group[column] / base[column].iloc[0]
+            frame.loc[group.index, "cost_vs_baseline"] = group[column] / base[column].iloc[0]
     return frame
 
 
-def write_reports(exp, records: pd.DataFrame) -> dict[str, Any]:
-    """records.csv, results.csv, table.md, transfer.png and manifest.json in the run directory."""
-    out: Path = exp.out
-    cfg = exp.cfg
-    steps = {(j.attack, j.source): exp.step_records(j) for j in exp.jobs()}
+def _plan_records(runs: list[RunDir], plan: str | None) -> tuple[str, list[dict]]:
+    """(plan, the writer records of `runs` made for it); plan None: the newest record's."""
+    records = [r for run in runs for r in run.read_shards().values() if isinstance(r, dict) and "plan" in r]
+    if not records:
+        raise RunDirError(
+            f"{runs[0].root} holds no record of a transferlab run of this version (shards/*.json); run "
+            f"`transferlab run CONFIG --out {runs[0].root}` to finish it"
+        )
+    if plan is None:
+        plan = max(records, key=lambda r: r.get("updated", ""))["plan"]
+    mine = [r for r in records if r["plan"] == plan]
+    if not mine:
+        raise RunDirError(f"no writer of {[str(r.root) for r in runs]} ran the plan {plan}")
+    order = {"run": -1}
+    mine.sort(key=lambda r: (order.get(r["scope"], r.get("shard", 0)), r.get("updated", "")))
+    return plan, mine
+
+
+def describe_missing(missing: list, shards: int, finished: set[str]) -> str:
+    """What is missing, per job and per shard that owns the blocks."""
+    by_shard: dict[int, dict[str, list]] = {}
+    for m in missing:
+        by_shard.setdefault(m.block % shards, {}).setdefault(m.job.label, []).append(m)
+    lines = []
+    for k in sorted(by_shard):
+        scope = f"shard-{k}-of-{shards}" if shards > 1 else "run"
+        state = "finished" if scope in finished else "not finished"
+        jobs = "; ".join(
+            f"{label}: {len(ms)} blocks ({sum(m.images for m in ms)} images unattacked, "
+            f"{sum(not m.evaluated for m in ms)} blocks unevaluated)"
+            for label, ms in by_shard[k].items()
+        )
+        who = f"shard {k}/{shards}" if shards > 1 else "the run"
+        lines.append(f"  {who} ({state}): {jobs}")
+    return "\n".join(lines)
+
+
+def check_complete(runs: list[RunDir], cfg: dict, records: list[dict]) -> None:
+    """Refuse to report a run that lacks attacked or evaluated blocks, listing them per shard."""
+    missing = missing_work(runs, cfg, records[0]["job_keys"])
+    if not missing:
+        return
+    shards = max(r.get("shards", 1) for r in records)
+    finished = {r["scope"] for r in records if r.get("status") == "finished"}
+    where = ", ".join(str(r.root) for r in runs)
+    have = sorted(finished) or ["none"]
+    raise IncompleteRun(
+        f"{where} is not complete: {len(missing)} blocks of images lack their adversarial PNGs or target "
+        f"evaluations (finished writers: {', '.join(have)}):\n{describe_missing(missing, shards, finished)}\n"
+        "Run the missing shards (the same command with their --shard K/N), then report again"
+    )
+
+
+def report_run(run: RunDir, plan: str | None = None) -> dict[str, Any]:
+    """Check that the run in `run` is complete and write its tables, plots and manifest."""
+    plan, records = _plan_records([run], plan)
+    cfg = records[0]["config"]
+    check_complete([run], cfg, records)
+    return write_reports(run, cfg, assemble_records(run, cfg), records)
+
+
+def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[dict]) -> dict[str, Any]:
+    """records.csv, results.csv, costs.csv, gains.csv, table.md, transfer.png and manifest.json.
+
+    `writers`: the records of every process that worked on the run (`shards/<scope>.json`), the first
+    the primary one (the one-process run, else shard 0)."""
+    jobs = jobs_of(cfg)
+    steps = {(j.attack, j.source): run.read_steps(j.attack, j.source) for j in jobs}
     results = summarise(records, cfg["attacks"], {k: v for k, v in steps.items() if v is not None})
-    atomic_write_csv(out / "records.csv", records)
-    atomic_write_csv(out / "results.csv", results)
-    metas = job_metas(exp)
-    costs = cost_table(metas)
-    atomic_write_csv(out / "costs.csv", costs)
-    gains = gains_over(records, baseline="pgd", seed=cfg["seed"])
-    atomic_write_csv(out / "gains.csv", gains)
-    atomic_write_text(out / "table.md", table_markdown(results, cfg, costs, gains, exp.overrides))
-    transfer_plot(results, out / "transfer.png", cfg["name"])
+    atomic_write_csv(run.records_csv, records)
+    atomic_write_csv(run.results_csv, results)
+    baseline = baseline_of(cfg)
+    costs = cost_table(run, cfg, baseline)
+    atomic_write_csv(run.costs_csv, costs)
+    gains = gains_over(records, baseline=baseline, seed=cfg["seed"]) if baseline else empty_gains()
+    atomic_write_csv(run.gains_csv, gains)
+    primary = writers[0]
+    overrides = primary.get("overrides") or []
+    atomic_write_text(run.table_md, table_markdown(results, cfg, costs, gains, overrides))
+    transfer_plot(results, run.transfer_png, cfg["name"])
+    notices = list(dict.fromkeys(n for w in writers for n in w.get("notices", [])))
+    commits = {
+        c.get("commit") or ""
+        for j in jobs
+        for cost in run.read_costs(j.attack, j.source).values()
+        for c in cost.get("git", [])
+    }
     manifest = {
         "config": cfg,
-        "config_path": exp.config_path,
-        "overrides": exp.overrides,
+        "config_path": primary.get("config_path"),
+        "overrides": overrides,
         "seed": cfg["seed"],
-        "device": str(exp.device),
+        "device": primary.get("device"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "images_scanned": exp.scanned,
+        "plan": primary["plan"],
+        "baseline": baseline,
+        "images_scanned": max(w.get("images_scanned", 0) for w in writers),
         "images_attacked": {
             s: int(records[records.source == s].image_id.nunique()) for s in records.source.unique()
         },
-        "skipped_files": [list(s) for s in exp.dataset.skipped],
-        "weights": exp.model_files(),
-        "notices": exp.notices,
-        "timings": exp.timings,
+        "skipped_files": primary.get("skipped_files", []),
+        "weights": primary.get("weights", {}),
+        "notices": notices,
+        "timings": primary.get("timings", {}),
+        "threads": primary.get("threads"),
+        "world_size": max(w.get("shards", 1) for w in writers),
+        "shards": [shard_summary(w) for w in writers],
         "jobs": costs.to_dict(orient="records"),
-        **exp.provenance,
+        **primary.get("provenance", {}),
         # the commits whose code attacked the images (more than one when a run was resumed across commits)
-        "job_commits": sorted({c["commit"] or "" for _, meta in metas for c in meta.get("git", [])}),
+        "job_commits": sorted(commits),
     }
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(run.manifest_json, manifest)
     return {"results": results, "records": records, "costs": costs, "manifest": manifest}
+
+
+def shard_summary(writer: dict) -> dict:
+    """One writer of the run in the manifest: who, where, with how many threads, which images."""
+    prov = writer.get("provenance", {})
+    return {
+        "scope": writer["scope"],
+        "shard": writer.get("shard", 0),
+        "shards": writer.get("shards", 1),
+        "status": writer.get("status"),
+        "started": writer.get("started"),
+        "updated": writer.get("updated"),
+        "host": writer.get("host"),
+        "device": writer.get("device"),
+        "threads": writer.get("threads"),
+        "world": writer.get("world"),
+        "git": (prov.get("git") or {}).get("commit"),
+        "torch": (prov.get("versions") or {}).get("torch"),
+        "timings": writer.get("timings"),
+        "images": writer.get("images"),
+    }

@@ -1,17 +1,8 @@
-"""The run directory: what marks a folder as a transferlab run, its writer lock, `--fresh` and its identity.
+"""What marks a folder as a transferlab run, `--fresh`, and the run's identity (data and weights).
 
-A run directory holds `run.json` (the marker: format and the run's identity — the data settings and the
-sha256 of every model's weights), the outputs listed in `experiment.py`, and `.locks/`. Everything that
-writes into a run holds a lock first:
-
-- `.locks/run.lock` is the whole-run lock (`transferlab run`, `interaction`, `correlate`); it excludes
-  every other writer;
-- a shard of a run (`.locks/shard-<K>-of-<N>.lock`) excludes the whole-run lock and the same shard only,
-  so that shards of one config can share a directory.
-
-A lock file holds the holder's pid, host, process start time and command. A lock whose holder is gone
-(same host, no such process, or a new process under a recycled pid) is stale and is taken over; a lock
-held on another host is never broken automatically (the message says which file to delete).
+A run directory holds `run.json` (the marker: format, the run's identity — the data settings and the
+sha256 of every model's weights — and, for a sharded run, the split its shards share), the outputs
+listed in `transferlab.rundir.layout`, and `.locks/` (`transferlab.rundir.lock`).
 """
 
 from __future__ import annotations
@@ -20,8 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +28,7 @@ RUN_FILES = (
     MARKER,
     "manifest.json",
     "clean.csv",
+    "eligible.csv",
     "records.csv",
     "results.csv",
     "costs.csv",
@@ -53,15 +43,11 @@ RUN_FILES = (
     "interaction_by_attack.csv",
     "interaction_by_attack.png",
 )
-RUN_FOLDERS = ("clean", "adv", "evals", "steps", LOCKS)
+RUN_FOLDERS = ("clean", "adv", "evals", "steps", "shards", LOCKS)
 
 
 class RunDirError(TransferlabError):
     """The output directory cannot be used (not a run, locked, not writable); the message says why."""
-
-
-class RunLockedError(RunDirError):
-    """Another live process holds a conflicting lock on the run directory."""
 
 
 # ---------------------------------------------------------------- what a run is
@@ -189,7 +175,7 @@ def check_identity(path: Path, data: dict, models: dict[str, str]) -> tuple[dict
     would otherwise be returned as if they were this configuration's.
     """
     marker = read_marker(path)
-    legacy = marker is None and is_run(path)
+    legacy = not (marker or {}).get("identity") and (path / "clean.csv").is_file()
     recorded = (marker or {}).get("identity") or {}
     old_data = recorded.get("data")
     if old_data is not None and old_data != data:
@@ -209,15 +195,45 @@ def check_identity(path: Path, data: dict, models: dict[str, str]) -> tuple[dict
             )
         old_models[name] = digest
     identity = {"data": data, "models": old_models}
-    atomic_write_json(
-        path / MARKER,
-        {
-            "format": FORMAT,
-            "created": (marker or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "identity": identity,
-        },
-    )
+    record = {
+        "format": FORMAT,
+        "created": (marker or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "identity": identity,
+    }
+    if (marker or {}).get("split"):
+        record["split"] = marker["split"]
+    if record != marker:
+        atomic_write_json(path / MARKER, record)
     return identity, legacy
+
+
+def check_split(path: Path, shard: Any, plan: str) -> None:
+    """Record the split a sharded run's shards share in run.json, and refuse a shard of another split.
+
+    Shards of one run share a directory only when they agree on the number of shards N and on the plan
+    (`transferlab.rundir.jobs.plan_digest`: every job's settings, the images, the targets, the seed): a
+    shard of another config would otherwise add its images to this run's. A one-process run owns the
+    whole directory and clears the record. Nothing is written when refused.
+    """
+    marker = read_marker(path) or {}
+    split = marker.get("split")
+    if shard.sharded and split and (split.get("shards"), split.get("plan")) != (shard.count, plan):
+        raise RunDirError(
+            f"{path} holds the shards of another split of a run (N = {split.get('shards')}, plan "
+            f"{split.get('plan')}; this shard: N = {shard.count}, plan {plan}): a shard of another config, "
+            "seed, data.limit or shard count. Use another --out, or finish that run first and run "
+            "without --shard to take the directory over"
+        )
+    new = {"shards": shard.count, "plan": plan} if shard.sharded else None
+    if new == split:
+        return
+    marker = dict(marker) if marker else {"format": FORMAT}
+    if new is None:
+        marker.pop("split", None)
+    else:
+        marker["split"] = new
+    marker.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write_json(path / MARKER, marker)
 
 
 def model_digest(model: Any) -> str:
@@ -246,134 +262,3 @@ def check_model(path: Path, name: str, model: Any) -> None:
             f"the weights loaded for {name} (sha256 {digest[:24]}...) are not those {path} was made with "
             f"({recorded[:24]}...): its perturbations belong to those; load the run's weights"
         )
-
-
-# ---------------------------------------------------------------- the writer lock
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), to tell a recycled pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(holder: dict) -> bool:
-    """Whether a lock's holder may still run (unknowable on another host: assumed alive)."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    started = holder.get("pid_start")
-    return started is None or _process_start(pid) in (None, started)
-
-
-def _conflicts(mine: str, other: str) -> bool:
-    return mine == WHOLE_RUN or other == WHOLE_RUN or mine == other
-
-
-class RunLock:
-    """One writer per run directory (per shard): a context manager around `.locks/<scope>.lock`."""
-
-    def __init__(self, path: Path, scope: str = WHOLE_RUN, command: str | None = None):
-        self.path = Path(path)
-        self.scope = scope
-        self.command = command if command is not None else " ".join(sys.argv)
-        self.file = self.path / LOCKS / f"{scope}.lock"
-        self.held = False
-        self.took_over: list[dict] = []
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def _payload(self) -> dict:
-        return {
-            "pid": os.getpid(),
-            "pid_start": _process_start(os.getpid()),
-            "host": socket.gethostname(),
-            "scope": self.scope,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": self.command,
-        }
-
-    def acquire(self) -> None:
-        folder = self.path / LOCKS
-        make_dir(folder)
-        for _ in range(3):
-            if self._create():
-                break
-            holder = self._read(self.file)
-            if holder is not None and _alive(holder):
-                raise RunLockedError(self._message(holder, self.file))
-            self.took_over.append(holder or {})
-            self.file.unlink(missing_ok=True)
-        else:
-            raise RunLockedError(f"could not take the lock {self.file}; another process keeps creating it")
-        self.held = True
-        for other in sorted(folder.glob("*.lock")):
-            if other == self.file or not _conflicts(self.scope, other.stem):
-                continue
-            holder = self._read(other)
-            if holder is None or not _alive(holder):
-                other.unlink(missing_ok=True)
-                continue
-            self.release()
-            raise RunLockedError(self._message(holder, other))
-
-    def _create(self) -> bool:
-        """Create the lock file with its content in one step (hard link of a finished file)."""
-        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._payload(), indent=2) + "\n")
-        try:
-            os.link(tmp, self.file)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links: exclusive create
-            try:
-                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as fh:
-                fh.write(tmp.read_text())
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _read(file: Path) -> dict | None:
-        try:
-            holder = json.loads(file.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"host": "?", "pid": None}  # unreadable: never broken automatically
-        return holder if isinstance(holder, dict) else {"host": "?", "pid": None}
-
-    def _message(self, holder: dict, file: Path) -> str:
-        return (
-            f"{self.path} is in use: pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} "
-            f"since {holder.get('since', '?')} ({holder.get('command', '?')}). Wait for it to finish or use "
-            f"another --out; if that process is gone, delete {file}"
-        )
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        holder = self._read(self.file)
-        if holder is not None and holder.get("pid") == os.getpid():
-            self.file.unlink(missing_ok=True)
-        self.held = False

@@ -1,0 +1,74 @@
+"""The identity of a run's jobs and of its plan: what decides the bytes of every file a job writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+KEY_FORMAT = 2  # job keys include the source's weights digest
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attack on one source model."""
+
+    attack: str
+    source: str
+    spec: dict
+
+    def __hash__(self) -> int:
+        return hash((self.attack, self.source))
+
+    @property
+    def label(self) -> str:
+        return f"{self.attack} on {self.source}"
+
+
+def jobs_of(cfg: dict) -> list[Job]:
+    """Every (attack, source) job of a validated config, in the config's order."""
+    return [
+        Job(attack, source, spec)
+        for attack, spec in cfg["attacks"].items()
+        for source in cfg["models"]["sources"]
+    ]
+
+
+def data_identity(cfg: dict) -> dict:
+    """The data settings that decide which clean images a run holds (`data.limit` only extends)."""
+    return {k: v for k, v in cfg["data"].items() if k not in ("limit", "on_error")}
+
+
+def _digest(payload: object, size: int = 16) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:size]
+
+
+def job_key(cfg: dict, job: Job, weights_digest: str | None) -> str:
+    """Everything that determines a job's images: attack settings, seed, data and the source's weights
+    (by digest); `data.limit` is not part of it (more images extend). `weights_digest=None`: the key of
+    runs made before weights digests were recorded."""
+    payload = {
+        "attack": job.spec,
+        "source": job.source,
+        "seed": cfg["seed"],
+        "data": data_identity(cfg),
+        "weights": (cfg["models"].get("weights") or {}).get(job.source),
+    }
+    if weights_digest is not None:
+        payload["weights_digest"] = weights_digest
+    return _digest(payload)
+
+
+def plan_digest(cfg: dict, digests: dict[str, str]) -> str:
+    """Identity of everything a run's result tables depend on: every job's key, the images (data and
+    `data.limit`), the targets and their weights, the evaluation settings. Shards of one run, and the
+    directories `transferlab report` merges, must agree on it."""
+    payload = {
+        "jobs": {f"{j.attack}/{j.source}": job_key(cfg, j, digests[j.source]) for j in jobs_of(cfg)},
+        "data": data_identity(cfg),
+        "limit": cfg["data"]["limit"],
+        "targets": {t: digests[t] for t in cfg["models"]["targets"]},
+        "eval": cfg["eval"],
+        "seed": cfg["seed"],
+    }
+    return _digest(payload)

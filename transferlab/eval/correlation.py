@@ -25,7 +25,7 @@ from scipy import stats
 from ..errors import TransferlabError
 from ..io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from ..rng import stable_seed
-from ..rundir import RunLock
+from ..rundir import RunDir, RunLock
 from .stats import wilson_interval
 
 OUTCOMES = ("transfer_utility", "fooled")
@@ -130,7 +130,7 @@ def _chosen_setting(run_dir: Path, table: pd.DataFrame, setting: str | None) -> 
         if setting not in available:
             raise CorrelationError(f"setting {setting!r} not in interaction.csv; available: {available}")
         return setting
-    manifest = run_dir / "interaction.manifest.json"
+    manifest = RunDir(run_dir).interaction_manifest
     if manifest.exists():
         last = json.loads(manifest.read_text()).get("settings", {}).get("setting")
         if last in available:
@@ -144,11 +144,11 @@ def _check_inputs(run_dir: Path) -> None:
         what = "not found" if not run_dir.exists() else "is not a folder"
         raise CorrelationError(f"run folder {run_dir} {what}: RUN_DIR must be a folder written by "
                                "`transferlab run` and measured by `transferlab interaction`")
-    if not (run_dir / "records.csv").is_file():
+    if not RunDir(run_dir).records_csv.is_file():
         raise CorrelationError(f"{run_dir} has no records.csv: it is not a finished transferlab run; run "
                                f"`transferlab run CONFIG --out {run_dir}` to completion, then "
                                f"`transferlab interaction {run_dir}`, first")
-    if not (run_dir / "interaction.csv").is_file():
+    if not RunDir(run_dir).interaction_csv.is_file():
         raise CorrelationError(f"{run_dir} has no interaction.csv: run `transferlab interaction {run_dir}` "
                                "first")
 
@@ -156,7 +156,7 @@ def _check_inputs(run_dir: Path) -> None:
 def load_interactions(run_dir: str | Path, setting: str | None = None) -> tuple[pd.DataFrame, str]:
     """One interaction per (image_id, attack, source): the mean of that image's rows for one setting."""
     run_dir = Path(run_dir)
-    path = run_dir / "interaction.csv"
+    path = RunDir(run_dir).interaction_csv
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `transferlab interaction {run_dir}` first")
     table = pd.read_csv(path, dtype={"image_id": str, "setting": str})
@@ -174,7 +174,7 @@ def load_merged(run_dir: str | Path, setting: str | None = None,
     """records.csv rows joined with each image's interaction (rows without an interaction dropped)."""
     run_dir = Path(run_dir)
     inter, chosen = load_interactions(run_dir, setting)
-    records = pd.read_csv(run_dir / "records.csv", dtype={"image_id": str})
+    records = pd.read_csv(RunDir(run_dir).records_csv, dtype={"image_id": str})
     white = records[records.target == records.source][KEYS + ["fooled"]]
     records = records.merge(white.rename(columns={"fooled": "source_fooled"}), on=KEYS, how="left")
     if not include_white_box:
@@ -192,8 +192,8 @@ def ir_settings(run_dir: str | Path) -> pd.DataFrame:
     from ..attacks.interaction_reduction import InteractionReduction
     from ..attacks.registry import parse_method
 
-    path = Path(run_dir) / "manifest.json"
-    attacks = json.loads(path.read_text()).get("config", {}).get("attacks", {}) if path.exists() else {}
+    run = RunDir(run_dir)
+    attacks = run.read_config().get("attacks", {}) if run.manifest_json.exists() else {}
     rows = []
     for name, spec in attacks.items():
         method = str(spec.get("method", name))
@@ -420,13 +420,13 @@ def correlate_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0, settin
         by_attack = transfer.merge(inter, on=["source", "attack"], how="left")
         by_attack = by_attack.merge(ir_settings(run_dir), on="attack", how="left")
         t1 = time.perf_counter()
-        atomic_write_csv(run_dir / "correlation.csv", corr)
-        atomic_write_csv(run_dir / "interaction_by_attack.csv", by_attack)
+        atomic_write_csv(RunDir(run_dir).correlation_csv, corr)
+        atomic_write_csv(RunDir(run_dir).by_attack_csv, by_attack)
         if plots:
-            plot_correlation(merged, corr, run_dir / "correlation.png", clean_correct_only)
-            plot_by_attack(by_attack, run_dir / "interaction_by_attack.png")
+            plot_correlation(merged, corr, RunDir(run_dir).correlation_png, clean_correct_only)
+            plot_by_attack(by_attack, RunDir(run_dir).by_attack_png)
         t2 = time.perf_counter()
-        atomic_write_json(run_dir / "correlation.manifest.json", {
+        atomic_write_json(RunDir(run_dir).correlation_manifest, {
             "settings": {"n_boot": n_boot, "seed": seed, "setting": chosen,
                          "clean_correct_only": clean_correct_only, "include_white_box": include_white_box,
                          "interval": "95% percentile bootstrap over images"},

@@ -231,15 +231,16 @@ def _plan_records(runs: list[RunDir], plan: str | None) -> tuple[str, list[dict]
     return plan, mine
 
 
-def describe_missing(missing: list, shards: int, finished: set[str]) -> str:
-    """What is missing, per job and per shard that owns the blocks."""
+def describe_missing(missing: list, shards: int, states: dict[str, str]) -> str:
+    """What is missing, per job and per shard that owns the blocks (`states`: scope -> status)."""
     by_shard: dict[int, dict[str, list]] = {}
     for m in missing:
         by_shard.setdefault(m.block % shards, {}).setdefault(m.job.label, []).append(m)
     lines = []
     for k in sorted(by_shard):
         scope = f"shard-{k}-of-{shards}" if shards > 1 else "run"
-        state = "finished" if scope in finished else "not finished"
+        state = {"finished": "finished", "running": "started, not finished: running, or killed (run it "
+                 "again to resume)"}.get(states.get(scope), "not run")
         jobs = "; ".join(
             f"{label}: {len(ms)} blocks ({sum(m.images for m in ms)} images unattacked, "
             f"{sum(not m.evaluated for m in ms)} blocks unevaluated)"
@@ -256,12 +257,12 @@ def check_complete(runs: list[RunDir], cfg: dict, records: list[dict]) -> None:
     if not missing:
         return
     shards = max(r.get("shards", 1) for r in records)
-    finished = {r["scope"] for r in records if r.get("status") == "finished"}
+    states = {r["scope"]: r.get("status") for r in records}
     where = ", ".join(str(r.root) for r in runs)
-    have = sorted(finished) or ["none"]
+    have = sorted(k for k, v in states.items() if v == "finished") or ["none"]
     raise IncompleteRun(
         f"{where} is not complete: {len(missing)} blocks of images lack their adversarial PNGs or target "
-        f"evaluations (finished writers: {', '.join(have)}):\n{describe_missing(missing, shards, finished)}\n"
+        f"evaluations (finished writers: {', '.join(have)}):\n{describe_missing(missing, shards, states)}\n"
         "Run the missing shards (the same command with their --shard K/N), then report again"
     )
 

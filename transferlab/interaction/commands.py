@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
+from ..rundir import RunDir
 from .measure import ESTIMATORS, InteractionError
 from .scores import SCORES
 
@@ -84,7 +84,7 @@ def run_interaction(args: argparse.Namespace) -> int:
                         players=args.players, chunk=args.chunk, progress=not args.no_progress)
     print(f"interaction ({args.estimator}, grid {frame.grid.iloc[0]}, {args.score}): {len(frame)} rows "
           f"-> {args.run_dir}/interaction.csv")
-    manifest = json.loads((Path(args.run_dir) / "interaction.manifest.json").read_text())
+    manifest = json.loads(RunDir(args.run_dir).interaction_manifest.read_text())
     if manifest["measured"]:
         print(f"  measured {manifest['measured']} perturbations, "
               f"{manifest['evaluations']:,} game evaluations "

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import TransferlabError
 from ..io import atomic_write_csv, atomic_write_json, read_png
 from ..provenance import provenance
-from ..rundir import RunLock, check_model
+from ..rundir import RunDir, RunDirError, RunLock, check_model
 from .estimators import average_interaction, order_interactions, random_pairs, sampled_interaction
 from .games import BatchedPerturbationGame, default_grid
 from .scores import SCORES
@@ -86,7 +86,7 @@ def _image_size(path: Path, listed: str, run_dir: Path) -> tuple[int, int]:
             width, height = im.size
             im.verify()
     except FileNotFoundError:
-        raise InteractionError(f"{path} not found, but {run_dir / 'records.csv'} lists {listed}: the run "
+        raise InteractionError(f"{path} not found, but {RunDir(run_dir).records_csv} lists {listed}: the run "
                                "folder is incomplete; finish it with "
                                f"`transferlab run CONFIG --out {run_dir}`") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -102,7 +102,7 @@ def _check_run_dir(run_dir: Path) -> Path:
     if not run_dir.is_dir():
         raise InteractionError(f"{run_dir} is not a folder: RUN_DIR must be a folder written by "
                                "`transferlab run`")
-    if not (run_dir / "records.csv").is_file():
+    if not RunDir(run_dir).records_csv.is_file():
         raise InteractionError(f"{run_dir} has no records.csv: it is not a finished transferlab run; run "
                                f"`transferlab run CONFIG --out {run_dir}` to completion first")
     return run_dir
@@ -128,20 +128,13 @@ def _weights(run_dir: Path) -> tuple[str | None, dict[str, str]]:
     A run without its manifest is refused: measuring on default weights could silently use other weights
     than the ones the perturbations were made on.
     """
-    path = run_dir / "manifest.json"
-    if not path.is_file():
-        raise InteractionError(f"{path} not found: the manifest records which weights the run used for its "
-                               "source models, and without it the interaction could be measured on other "
-                               "weights; run the `transferlab run` command that made this folder again to "
-                               "write it")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InteractionError(f"{path} is not valid JSON ({exc}): cannot tell which weights the run "
-                               "used") from None
-    models = (manifest.get("config") or {}).get("models") if isinstance(manifest, dict) else None
+        models = RunDir(run_dir).read_config().get("models")
+    except RunDirError as exc:
+        raise InteractionError(str(exc)) from None
     if not isinstance(models, dict):
-        raise InteractionError(f"{path} has no config.models entry: cannot tell which weights the run used")
+        raise InteractionError(f"{RunDir(run_dir).manifest_json} has no config.models entry: cannot tell "
+                               "which weights the run used")
     return models.get("weights_dir"), models.get("weights") or {}
 
 
@@ -296,9 +289,9 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     t0 = time.perf_counter()
     units = _read_units(run_dir)
     if units.empty:
-        raise InteractionError(f"{run_dir / 'records.csv'} has no attacked images")
+        raise InteractionError(f"{RunDir(run_dir).records_csv} has no attacked images")
     weights = _weights(run_dir)
-    first = run_dir / "clean" / f"{units.image_id[0]}.png"
+    first = RunDir(run_dir).clean_png(units.image_id[0])
     height, width = _image_size(first, f"image {units.image_id[0]}", run_dir)
     grid = _check_grid(grid, height, width, estimator, first)
     n = grid * grid
@@ -310,7 +303,7 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     samples = samples if samples is not None else DEFAULT_SAMPLES.get(estimator)
     settings = _settings(estimator, grid, score, pairs_list, orders, samples, players, seed)
 
-    out_path = run_dir / "interaction.csv"
+    out_path = RunDir(run_dir).interaction_csv
     table = _existing(out_path)
     mine = table[table.setting == settings["setting"]]
     done = set(zip(mine.image_id, mine.attack, mine.source, strict=True))
@@ -327,11 +320,11 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
 def _write_manifest(run_dir: Path, settings: dict[str, Any], batch_size: int, device: str, chunk: int,
                     todo: pd.DataFrame, units: pd.DataFrame, done: set, t0: float) -> None:
     seconds = time.perf_counter() - t0
-    result = _existing(run_dir / "interaction.csv")
+    result = _existing(RunDir(run_dir).interaction_csv)
     mine = result[result.setting == settings["setting"]]
     fresh = [(r.image_id, r.attack, r.source) not in done for r in mine.itertuples()]
     spent = int(mine[fresh].evaluations.sum())
-    atomic_write_json(run_dir / "interaction.manifest.json", {
+    atomic_write_json(RunDir(run_dir).interaction_manifest, {
         "settings": settings, "batch_size": batch_size, "device": device, "chunk": chunk,
         "measured": len(todo), "skipped": len(units) - len(todo),
         "seconds": round(seconds, 3), "evaluations": spent,
@@ -356,8 +349,8 @@ def _check_images(run_dir: Path, todo: pd.DataFrame, size: tuple[int, int], firs
     """Every PNG the pending units need exists, is intact and has the first clean image's size."""
     seen = {first}  # read already
     for r in todo.itertuples():
-        for path, listed in ((run_dir / "clean" / f"{r.image_id}.png", f"image {r.image_id}"),
-                             (run_dir / "adv" / str(r.attack) / str(r.source) / f"{r.image_id}.png",
+        for path, listed in ((RunDir(run_dir).clean_png(r.image_id), f"image {r.image_id}"),
+                             (RunDir(run_dir).adv_png(str(r.attack), str(r.source), r.image_id),
                               f"image {r.image_id} for attack {r.attack}, source {r.source}")):
             if path in seen:
                 continue
@@ -400,9 +393,9 @@ def _measure_units(run_dir: Path, todo: pd.DataFrame, settings: dict[str, Any], 
 
 def _measure_batch(run_dir: Path, model: nn.Module, batch: pd.DataFrame, attack: str, source: str,
                    settings: dict[str, Any], device: str, chunk: int) -> list[dict[str, Any]]:
-    clean = torch.stack([_load_image(run_dir / "clean" / f"{i}.png", run_dir)
+    clean = torch.stack([_load_image(RunDir(run_dir).clean_png(i), run_dir)
                          for i in batch.image_id]).to(device)
-    adv = torch.stack([_load_image(run_dir / "adv" / attack / source / f"{i}.png", run_dir)
+    adv = torch.stack([_load_image(RunDir(run_dir).adv_png(attack, source, i), run_dir)
                        for i in batch.image_id])
     y = torch.tensor(batch.label.to_numpy(dtype=np.int64).tolist(), device=device)
     game = BatchedPerturbationGame(model, clean, adv.to(device) - clean, y, grid=settings["grid"],

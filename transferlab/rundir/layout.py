@@ -64,6 +64,12 @@ class RunDir:
     transfer_png = property(lambda self: self.root / "transfer.png")
     manifest_json = property(lambda self: self.root / "manifest.json")
     interaction_csv = property(lambda self: self.root / "interaction.csv")
+    interaction_manifest = property(lambda self: self.root / "interaction.manifest.json")
+    correlation_csv = property(lambda self: self.root / "correlation.csv")
+    correlation_png = property(lambda self: self.root / "correlation.png")
+    correlation_manifest = property(lambda self: self.root / "correlation.manifest.json")
+    by_attack_csv = property(lambda self: self.root / "interaction_by_attack.csv")
+    by_attack_png = property(lambda self: self.root / "interaction_by_attack.png")
 
     def clean_png(self, image_id: str) -> Path:
         return self.root / "clean" / f"{image_id}.png"
@@ -185,8 +191,8 @@ class RunDir:
         except (ValueError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{path} is not valid JSON ({exc}): cannot tell how the run was made") from None
         config = manifest.get("config") if isinstance(manifest, dict) else None
-        if not isinstance(config, dict) or not isinstance(config.get("models"), dict):
-            raise RunDirError(f"{path} has no config.models entry: cannot tell which weights the run used")
+        if not isinstance(config, dict):
+            raise RunDirError(f"{path} has no config entry: cannot tell how the run was made")
         return config
 
     def read_shards(self) -> dict[str, dict]:

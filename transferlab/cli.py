@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp = Experiment(
             cfg, out, progress=not args.quiet and (world is None or world.rank == 0),
             config_path=str(args.config), overrides=args.overrides, shard=shard, world=world,
-            threads=threads,
+            threads=threads, device=args.device,
         )
         report = exp.run(fresh=args.fresh)
     finally:
@@ -121,6 +121,27 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from transferlab.config import load_config
+    from transferlab.launch.slurm import submit
+
+    cfg = load_config(args.config, args.overrides)  # a bad config fails here, not on the cluster
+    if args.only:
+        select_attacks(cfg, args.only, args.config)
+    out = str(args.out or Path("runs") / cfg["name"])
+    jobs = submit(
+        str(args.config), args.overrides, out, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
+        gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, partition=args.partition,
+        time_min=args.time, mem_gb=args.mem_gb, array=args.array, cluster=args.cluster, logs=args.logs,
+        only=args.only,
+    )
+    if args.wait:
+        for job in jobs:
+            job.results()
+        print(f"all shards finished; tables in {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,7 +172,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="torch threads of this process (default: cores / processes on this node; see README)",
     )
+    run.add_argument("--device", help="run on this device instead of the config's (e.g. cuda:1, cpu)")
     run.set_defaults(func=cmd_run)
+
+    submit = sub.add_parser(
+        "submit", help="run a config as SLURM tasks through submitit, one shard per task (see README)"
+    )
+    submit.add_argument("config")
+    submit.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    submit.add_argument("--out", help="output directory on a filesystem every node sees")
+    submit.add_argument("--nodes", type=int, default=1)
+    submit.add_argument("--gpus-per-node", type=int, default=0)
+    submit.add_argument("--tasks-per-node", type=int, help="shards per node (default: one per GPU, else 1)")
+    submit.add_argument("--cpus-per-task", type=int)
+    submit.add_argument("--partition")
+    submit.add_argument("--time", type=int, default=240, help="minutes per task (requeued when exceeded)")
+    submit.add_argument("--mem-gb", type=float)
+    submit.add_argument("--array", action="store_true", help="a job array of one-task jobs, not one job")
+    submit.add_argument("--only", metavar="A,B")
+    submit.add_argument("--cluster", choices=("slurm", "local", "debug"),
+                        help="submitit's executor (default: SLURM when sbatch exists, else local)")
+    submit.add_argument("--logs", help="submitit's log folder (default: beside --out)")
+    submit.add_argument("--wait", action="store_true", help="wait for every shard and fail if one fails")
+    submit.set_defaults(func=cmd_submit)
 
     report = sub.add_parser(
         "report",
@@ -185,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after options (`run CONFIG --out DIR data.limit=20`)
     if (
         extra
-        and getattr(args, "command", None) == "run"
+        and getattr(args, "command", None) in ("run", "submit")
         and all("=" in e and not e.startswith("-") for e in extra)
     ):
         args.overrides = [*args.overrides, *extra]

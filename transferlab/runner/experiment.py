@@ -52,7 +52,7 @@ class Experiment:
 
     shard: which blocks of eligible images this process attacks (default: all); world: the torchrun
     process group this process belongs to (its shard and device come from it); threads: the decision of
-    `transferlab.runner.threads`, recorded in the manifest.
+    `transferlab.runner.threads`, recorded in the manifest; device: overrides the config's.
     """
 
     def __init__(
@@ -65,6 +65,7 @@ class Experiment:
         shard: Shard | None = None,
         world=None,
         threads: dict | None = None,
+        device: str | None = None,
     ):
         self.cfg = cfg
         self.out = Path(out_dir)
@@ -75,7 +76,9 @@ class Experiment:
         self.world = world
         self.shard = Shard(world.rank, world.size) if world is not None else (shard or Shard())
         self.threads = threads or {"threads": torch.get_num_threads(), "rule": "torch default"}
-        self.device = resolve_device(world.device(cfg["device"]) if world is not None else cfg["device"])
+        if device is None:
+            device = world.device(cfg["device"]) if world is not None else cfg["device"]
+        self.device = resolve_device(device)
         self.dataset: Dataset = open_dataset(cfg["data"])
         self.resolution = self.dataset.resolution
         self._models: dict[str, torch.nn.Module] = {}
@@ -187,6 +190,7 @@ class Experiment:
                 _, self.legacy = check_identity(self.out, self.cfg_identity(), self.digests)
                 eligible = self.select_images()
             self.write_record("running", eligible)
+            self._check_share(eligible)
             for job in self.jobs():
                 self.attack_job(job, eligible[job.source])
             for job in self.jobs():
@@ -196,6 +200,21 @@ class Experiment:
             if not self.shard.sharded:
                 return self.report()
         return self.finish_shard()
+
+    def _check_share(self, eligible: dict[str, list[Item]]) -> None:
+        """Say so when this shard has no block of a job: blocks are the unit of sharding."""
+        if not self.shard.sharded:
+            return
+        for job in self.jobs():
+            size = job.spec["batch_size"]
+            count = -(-len(eligible[job.source]) // size)
+            if not self.blocks(job, eligible[job.source]):
+                n = len(eligible[job.source])
+                self.notice(
+                    f"shard {self.shard} has no images of {job.label}: its {n} images make {count} blocks "
+                    f"of batch_size {size}, fewer than the {self.shard.count} shards; lower batch_size to "
+                    "spread the work"
+                )
 
     def cfg_identity(self) -> dict:
         return data_identity(self.cfg)

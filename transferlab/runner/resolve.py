@@ -20,7 +20,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(name.split(":")[0], False):
-        raise RunError(f"device {name!r} (config key 'device') is not available on this machine; use 'auto'")
+        raise RunError(
+            f"device {name!r} (config key 'device' or --device) is not available on this machine; use 'auto'"
+        )
     return torch.device(name)
 
 

@@ -6,8 +6,9 @@ Two torch processes with the default thread count on 2 cores slow each other far
 1. `--threads T` on the command line;
 2. `OMP_NUM_THREADS` when the user set it;
 3. the cores this process may run on (its CPU affinity, which `taskset`, SLURM and containers
-   restrict) divided by the processes a launcher started on this node (torchrun's
-   `LOCAL_WORLD_SIZE`, SLURM's `SLURM_NTASKS_PER_NODE`), at least 1.
+   restrict), divided by the processes torchrun started beside it (`LOCAL_WORLD_SIZE`, which share
+   that affinity), at most SLURM's `SLURM_CPUS_PER_TASK` (for clusters that do not bind tasks to
+   cores), at least 1.
 
 Independent `--shard` processes started by hand on one machine cannot see each other: give each
 `--threads` (cores ÷ processes).
@@ -27,16 +28,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def local_processes() -> tuple[int, str | None]:
-    """(processes a launcher started on this node, the variable that says so)."""
-    for var in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
-        value = os.environ.get(var, "")
-        head = value.split("(")[0].split(",")[0]  # SLURM writes e.g. "2(x3)"
-        if head.isdigit() and int(head) >= 1:
-            return int(head), var
-    return 1, None
-
-
 def choose_threads(requested: int | None = None) -> dict:
     """The thread count by the rule above, and why."""
     cores = available_cores()
@@ -49,9 +40,12 @@ def choose_threads(requested: int | None = None) -> dict:
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads, rule = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
-        processes, var = local_processes()
-        threads = max(1, cores // processes)
-        rule = f"{cores} cores / {processes} processes ({var})" if var else f"{cores} cores, 1 process"
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        threads = max(1, cores // max(1, processes))
+        rule = f"{cores} cores / {processes} torchrun processes" if processes > 1 else f"{cores} cores"
+        per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        if per_task.isdigit() and 0 < int(per_task) < threads:
+            threads, rule = int(per_task), f"SLURM_CPUS_PER_TASK={per_task} (of {cores} cores)"
     return {"threads": max(1, threads), "cores": cores, "rule": rule}
 
 

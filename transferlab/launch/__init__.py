@@ -1,0 +1,1 @@
+"""Launchers that spread one run over cluster nodes (SLURM through submitit)."""

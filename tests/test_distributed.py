@@ -89,3 +89,28 @@ def test_sbatch_array_script(one_process, tmp_path):
         assert done.returncode == 0, done.stderr
     same_files(one_process, out)
     split_of(out)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_nodes_by_rendezvous(one_process, tmp_path):
+    """Two torchrun agents (`--nnodes 2`, c10d rendezvous), as on two machines sharing --out."""
+    out = tmp_path / "nodes"
+    rdzv = ("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "transferlab-test")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "transferlab", "run", CONFIG,
+           "--out", str(out), "--threads", "1", *SMALL]
+    agents = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    for agent in agents:
+        _, err = agent.communicate(timeout=600)
+        assert agent.returncode == 0, err
+    same_files(one_process, out)
+    assert sorted(s["world"]["rank"] for s in split_of(out)) == [0, 1]

@@ -373,3 +373,19 @@ def test_legacy_run_is_adopted_but_not_its_ir_jobs(tmp_path, tiny_models):
     assert (out / "run.json").exists()
     assert json.loads((out / "adv" / "pgd" / "tiny_a" / "job.json").read_text())["key_format"] == 2
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), before)  # adopted, nothing redone
+
+
+def test_evaluations_of_the_older_layout_are_replaced_per_block(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    run(config, out)
+    before = (out / "results.csv").read_bytes()
+    stale = out / "evals" / "pgd__tiny_a__tiny_b.csv"
+    stale.write_text("job_key,image_id,adv_pred\n")
+    for block in (out / "evals" / "pgd" / "tiny_a").glob("*.csv"):
+        block.unlink()
+    run(config, out)
+    assert not stale.exists() and any((out / "evals" / "pgd" / "tiny_a").glob("*.csv"))
+    assert (out / "results.csv").read_bytes() == before
+    notices = json.loads((out / "manifest.json").read_text())["notices"]
+    assert any("older layout" in n for n in notices)

@@ -185,6 +185,12 @@ class Experiment:
                 swept = remove_stale_temporaries(self.out, skip=(LOCKS,))
                 if swept:
                     self.notice(f"removed {len(swept)} temporary files a killed run left in {self.out}")
+                old = sorted((self.out / "evals").glob("*__*__*.csv"))
+                if old:  # one file per job x target, before evaluations were kept per block
+                    for f in old:
+                        f.unlink()
+                    self.notice(f"removed {len(old)} evaluation files of an older layout (evals/*__*.csv); "
+                                "they are recomputed per block")
             with self._selecting():
                 check_split(self.out, self.shard, self.plan)
                 _, self.legacy = check_identity(self.out, self.cfg_identity(), self.digests)

@@ -411,7 +411,8 @@ CASES = [
         message="model name 'models.targets[1]'",
     ),
     Case("only-names-nothing", args=["--only", ","], message="--only ',' names no attack"),
-    Case("device-missing", {"device": "mps"}, message="device 'mps' (config key 'device' or --device) is not"),
+    Case("device-missing", {"device": "mps"},
+         message="device 'mps' (config key 'device' or --device) is not"),
     Case("model-twice", {"models.targets": ["tiny_a", "tiny_a"]}, message="more than once"),
     *[
         Case(

@@ -389,3 +389,22 @@ def test_evaluations_of_the_older_layout_are_replaced_per_block(tmp_path, tiny_m
     assert (out / "results.csv").read_bytes() == before
     notices = json.loads((out / "manifest.json").read_text())["notices"]
     assert any("older layout" in n for n in notices)
+
+
+def test_gain_baseline_is_found_by_method_or_named(tmp_path, tiny_models, capsys):
+    attacks = {"mi": {"method": "mi"}, "plain": {"method": "i-fgsm"}}
+    out = tmp_path / "run"
+    run(write_config(tmp_path, attacks=attacks), out)
+    gains = pd.read_csv(out / "gains.csv")
+    assert set(gains.baseline) == {"plain"} and set(gains.attack) == {"mi"}  # not the name "pgd"
+    assert (pd.read_csv(out / "costs.csv").set_index("attack").cost_vs_baseline["plain"]) == 1.0
+    run(write_config(tmp_path, attacks=attacks, **{"eval.baseline": "mi"}), tmp_path / "named")
+    assert set(pd.read_csv(tmp_path / "named" / "gains.csv").baseline) == {"mi"}
+    with pytest.raises(ConfigError, match="'eval.baseline' is 'pdg'.*did you mean 'pgd'"):
+        load_config(write_config(tmp_path, **{"eval.baseline": "pdg"}))
+    config = write_config(tmp_path, attacks=attacks, **{"eval.baseline": "plain"})
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "o"), "--only", "mi"]) == 2
+    assert "leaves out 'plain', the baseline" in capsys.readouterr().err
+    run(write_config(tmp_path, attacks={"mi": {"method": "mi"}}), tmp_path / "none")
+    assert pd.read_csv(tmp_path / "none" / "gains.csv").empty
+    assert "no plain PGD attack" in (tmp_path / "none" / "table.md").read_text()

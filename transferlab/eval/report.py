@@ -85,13 +85,15 @@ def table_markdown(
         "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n",
         markdown_table(results, "transfer_success", cfg.get("reference")),
         settings_section(cfg, overrides),
-        gains_section(gains),
+        gains_section(gains) if baseline_of(cfg) else "\n## Gains\n\nNone: the config has no plain PGD "
+        "attack to measure gains against; name one with `eval.baseline`.\n",
         best_step_section(results),
         "\n## Error rate over all attacked images\n",
         markdown_table(results, "error_rate"),
         "\n## Cost\n",
         "Attack time per image per step in seconds (wall, and CPU time of the process), model forwards "
-        "per image per step, and the ratio to PGD's time in the same run (`cost_basis`: CPU time, which "
+        "per image per step, summed over every process that attacked the job (`writers`), and the ratio "
+        "to the baseline's time in the same run (`cost_basis`: CPU time, which "
         "other work on the machine does not inflate; wall time for jobs recorded before CPU time was "
         "kept). `python bench/speed.py` measures these ratios side by side in one process.\n",
         frame_markdown(costs),

@@ -78,10 +78,17 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
         f"(+ {limit * len(names) * (1 + len(cfg['attacks'])):,} forwards for clean and target predictions)"
     )
     if shard is not None and shard.sharded:
-        print(
-            f"shard {shard}: every {shard.count}-th block of batch_size images from block {shard.index}"
-            f" (about 1/{shard.count} of the passes)"
-        )
+        sizes = sorted({spec["batch_size"] for spec in cfg["attacks"].values()})
+        shares = []
+        for size in sizes:
+            blocks = -(-limit // size)
+            mine = sum(shard.owns(b) for b in range(blocks))
+            shares.append(f"{mine} of {blocks} blocks of {size} images")
+        print(f"shard {shard}: every {shard.count}-th block of batch_size images from block {shard.index}: "
+              + "; ".join(shares) + " (for data.limit eligible images)")
+        if any(-(-limit // size) < shard.count for size in sizes):
+            print(f"  fewer blocks than the {shard.count} shards: some shards get no work; lower "
+                  "attack_defaults.batch_size")
     if threads is not None:
         print(f"torch threads: {threads['threads']} ({threads['rule']})")
     if missing:

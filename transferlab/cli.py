@@ -213,11 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     attacks = sub.add_parser("attacks", help="list attack components, their parameters and defaults")
     attacks.set_defaults(func=cmd_attacks)
 
-    try:
-        commands = importlib.import_module("transferlab.interaction.commands")
-    except ModuleNotFoundError:
-        commands = None
-    if commands is not None:
+    for module in ("transferlab.interaction.commands", "transferlab.zoo.commands"):
+        try:
+            commands = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not module.startswith(str(exc.name)):
+                raise
+            continue
         commands.register(sub)
     return parser
 

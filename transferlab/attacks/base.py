@@ -1,23 +1,31 @@
 """The attack loop as a template method, and the component interface.
 
 Pixels are in [0,1]; ε and α are in the same units (the configs give them in 1/255 steps and the
-registry divides by 255). One loop serves every method: each component overrides only the hook it
-changes, and the loop calls the hooks of all components in a fixed order.
+registry divides by 255). One loop serves every method: each component overrides only the hooks it
+changes, and the loop calls the hooks of all components in a fixed order (by `Component.order`, then
+as composed).
 
-Per step, for the current adversarial image x' = x + δ:
+Once per (micro-)batch: ``setup`` (register feature taps and hooks, cache constants), then the initial
+perturbation, ``init`` (one owner; default zero, or uniform in the ball with random start).
+Per step, for the current adversarial image x' = x + δ, inside every ``outer`` (nested in component
+order; RAP's inner maximisation and late start):
 
 1. ``lookahead``   point = x' (+ NI's look-ahead)
-2. ``expand``      points to differentiate at (VR: Gaussian copies), batched
+2. ``expand``      points to differentiate at (VR: Gaussian copies; Admix: mixes with pool images), batched
 3. ``transform``   model inputs from points (DI: random resize-and-pad)
-4. ``loss``        per-image objective: mean cross-entropy over copies, plus each ``regulariser``
-                   term evaluated at the point (IR: −λ·interaction), one backward for all
+4. ``objective``   per-input quantity to maximise (one owner; default cross-entropy, or −CE to the target
+                   class when targeted), averaged over copies, plus each ``regulariser`` term evaluated at
+                   the point (IR: −λ·interaction); one backward for all
 5. ``refine``      gradient correction needing extra gradients (VMI: variance tuning)
 6. ``process``     gradient post-processing (TI: smoothing, then MI: momentum)
-7. ``update``      sign step (L∞) or normalised step (L2), projection onto the ε-ball and [0,1]
+7. ``update``      the step rule (one owner; default sign step for L∞, normalised step for L2), then the
+                   loop projects onto the ε-ball and [0,1]
 
-Each image's result depends only on that image: randomness comes from per-image streams
-(`transferlab.rng.ImageStreams`) and every reduction is per image. The one residue is the micro-batch
-shape, which may change the kernels' rounding; see `Attack` and `Component.per_image`.
+Hooks with one owner (``init``, ``objective``, ``update``) are claimed by overriding them; two components
+that claim one are refused by name. Each image's result depends only on that image: randomness comes from
+per-image streams (`transferlab.rng.ImageStreams`), pool images are drawn by the image's own stream, and
+every reduction is per image. The one residue is the micro-batch shape, which may change the kernels'
+rounding; see `Attack` and `Component.per_image`.
 """
 
 from __future__ import annotations
@@ -52,10 +60,28 @@ class AttackContext:
     forwards: int = 0  # images passed through the model so far (cost accounting)
     x_adv: torch.Tensor | None = None  # the current adversarial image x + δ (before any look-ahead)
     state: dict[str, Any] = field(default_factory=dict)
+    attack: Attack | None = None  # the attack running (for hooks that need its gradient or objective)
+    target: torch.Tensor | None = None  # target classes (B,) of a targeted attack, else None
+    pool: torch.Tensor | None = None  # (B, k, C, H, W) other images per image (`Component.pool_size`)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # feature taps of the last forward
+    caller: str | None = None  # the component whose hook is running (forward accounting)
+    forwards_by: dict[str, int] = field(default_factory=dict)
+    max_rows: int | None = None  # model inputs one forward may hold (None: unchecked)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's logits; counts the images forwarded."""
-        self.forwards += inputs.shape[0]
+        """The model's logits; counts the images forwarded (per calling component) and refuses a batch
+        larger than the micro-batch was sized for (a component that sends more inputs than it declares)."""
+        rows = inputs.shape[0]
+        if self.max_rows is not None and rows > self.max_rows:
+            who = self.caller or "the data term"
+            raise ValueError(
+                f"{who} sent {rows} model inputs in one forward, but the micro-batch of {self.batch} "
+                f"images was sized for {self.max_rows}: a component makes copies or extra inputs it does "
+                "not declare (batch_multiplier / extra_forwards)"
+            )
+        self.forwards += rows
+        key = self.caller or "data"
+        self.forwards_by[key] = self.forwards_by.get(key, 0) + rows
         return self.model(inputs)
 
     @property
@@ -99,12 +125,35 @@ class Component:
         """Model inputs per image per step sent outside the data term (IR: its masked batch)."""
         return 0
 
+    def setup_forwards(self) -> int:
+        """Model inputs per image sent once per batch, before the steps (IR: its clean logits)."""
+        return 0
+
+    def pool_size(self) -> int:
+        """Other images per image this component mixes with (Admix); the loop provides them as
+        `ctx.pool`, drawn from the dataset by each image's own stream, never from its batch-mates."""
+        return 0
+
+    def taps(self) -> tuple[str, ...]:
+        """Names of model layers whose outputs the component reads as `ctx.features[name]` (FIA, NAA,
+        ILA): registered before `setup`, refreshed by every forward, removed after the batch."""
+        return ()
 
     def setup(self, ctx: AttackContext) -> None:
         """Once per batch, before the first step (register hooks, cache constants)."""
 
     def teardown(self, ctx: AttackContext) -> None:
         """Once per batch, after the last step, also on error (remove hooks)."""
+
+    def init(self, ctx: AttackContext) -> torch.Tensor:
+        """One owner: the initial perturbation δ₀ (B,C,H,W) before projection (ILA: another attack's)."""
+        raise NotImplementedError
+
+    def outer(self, delta: torch.Tensor, ctx: AttackContext, step: Callable[[torch.Tensor], torch.Tensor]
+              ) -> torch.Tensor:
+        """Wraps the whole step: return the next δ, normally `step(delta)` (RAP: an inner maximisation
+        before it, or a late start)."""
+        return step(delta)
 
     def lookahead(self, point: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         return point
@@ -115,6 +164,17 @@ class Component:
 
     def transform(self, inputs: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         return inputs
+
+    def objective(
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, ctx: AttackContext
+    ) -> torch.Tensor:
+        """One owner: the per-input quantity (R,) to maximise from logits (R, classes); y and target
+        (None unless targeted) are repeated to the R rows. Replaces cross-entropy."""
+        raise NotImplementedError
+
+    def update(self, delta: torch.Tensor, grad: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """One owner: the step rule; return the next δ before projection (the loop projects)."""
+        raise NotImplementedError
 
     def regulariser(
         self, point: torch.Tensor, logits: torch.Tensor | None, ctx: AttackContext
@@ -141,6 +201,30 @@ class Component:
 
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+#: hooks a single component may own: claimed by overriding them
+OWNED_HOOKS = ("init", "objective", "update")
+
+
+def owns(component: Component, hook: str) -> bool:
+    """Whether the component overrides a single-owner hook."""
+    return getattr(type(component), hook) is not getattr(Component, hook)
+
+
+def hook_owners(components: Sequence[Component]) -> dict[str, Component]:
+    """hook -> the component owning it; two claimants of one hook are refused, naming both."""
+    owners: dict[str, Component] = {}
+    for hook in OWNED_HOOKS:
+        claim = [c for c in components if owns(c, hook)]
+        if len(claim) > 1:
+            from transferlab.errors import ConfigError
+
+            raise ConfigError(
+                f"components {claim[0].name!r} and {claim[1].name!r} both define the '{hook}' hook, which "
+                "one component may own; compose only one of them"
+            )
+        if claim:
+            owners[hook] = claim[0]
+    return owners
 
 
 class Attack:
@@ -166,6 +250,7 @@ class Attack:
         seed: int = 0,
         max_forward: int = 256,
         name: str | None = None,
+        targeted: bool = False,
     ):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -174,6 +259,8 @@ class Attack:
                 f"need eps >= 0, alpha > 0, steps >= 0; got eps={eps}, alpha={alpha}, steps={steps}"
             )
         self.components = sorted(components, key=lambda c: c.order)
+        self.owners = hook_owners(self.components)
+        self.targeted = bool(targeted)
         self.eps, self.alpha, self.steps, self.norm = float(eps), float(alpha), int(steps), norm
         if random_start is None:
             defaults = [c.default_random_start for c in self.components if c.default_random_start is not None]
@@ -198,6 +285,8 @@ class Attack:
         keys: Sequence[object] | None = None,
         on_step: StepHook | None = None,
         scope: Sequence[object] = (),
+        target: torch.Tensor | None = None,
+        pool: Any = None,
     ) -> torch.Tensor:
         """Adversarial images (float, in [0,1], inside the ε-ball) for clean images x with labels y.
 
@@ -205,41 +294,127 @@ class Attack:
         with the attack seed and `scope` (e.g. attack and source names). Defaults to positions.
         on_step(t, x_adv, index): called after every step t = 1..steps with the current images of
         the micro-batch holding `index` (positions in x).
+        target: target classes (B,) of a targeted attack (required when `targeted`).
+        pool: where components with a `pool_size` draw other images from: a tensor (N,C,H,W) of images
+        not in the batch, or an object with ``draw(keys, k, streams) -> (B,k,C,H,W)``; each image draws
+        with its own stream (seeded by its key), so its pool never depends on its batch-mates.
         """
         if x.ndim != 4 or y.shape != (x.shape[0],):
             raise ValueError(f"expected x (B,C,H,W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        if self.targeted and (target is None or target.shape != y.shape):
+            raise ValueError(f"{self.name} is targeted: pass target classes (B,) with the images")
         keys = list(range(x.shape[0])) if keys is None else list(keys)
         streams = ImageStreams.for_keys(self.seed, keys, *scope, device=x.device)
+        pools = self._draw_pools(keys, scope, pool, x)
         micro = self.images_per_forward()
         out = torch.empty_like(x)
         self.forwards_total = 0
+        self.forwards_by: dict[str, int] = {}
         for start in range(0, x.shape[0], micro):
             index = torch.arange(start, min(start + micro, x.shape[0]), device=x.device)
             sub = streams.subset(index.tolist())
-            out[index] = self._run_batch(model, x[index], y[index], sub, index, on_step)
+            extra = {
+                "target": None if not self.targeted else target[index],
+                "pool": None if pools is None else pools[index],
+            }
+            out[index] = self._run_batch(model, x[index], y[index], sub, index, on_step, **extra)
         return out
 
-    def _run_batch(self, model, x, y, streams, index, on_step) -> torch.Tensor:
-        ctx = AttackContext(model, x, y, self.eps, self.alpha, self.norm, self.steps, streams)
+    def pool_size(self) -> int:
+        return max([0, *(c.pool_size() for c in self.components)])
+
+    def _draw_pools(self, keys, scope, pool, x) -> torch.Tensor | None:
+        """(B, k, C, H, W) pool images per image, drawn by per-image streams of their own."""
+        k = self.pool_size()
+        if not k:
+            return None
+        if pool is None:
+            who = [c.name for c in self.components if c.pool_size()]
+            raise ValueError(f"{', '.join(who)} mixes with other images: pass pool= (images not in the "
+                             "batch)")
+        streams = ImageStreams.for_keys(self.seed, keys, *scope, "pool")
+        if isinstance(pool, torch.Tensor):
+            index = streams.randint(pool.shape[0], k)
+            return pool[index.flatten()].view(len(keys), k, *pool.shape[1:]).to(x)
+        return pool.draw(keys, k, streams).to(x)
+
+    def _run_batch(self, model, x, y, streams, index, on_step, target=None, pool=None) -> torch.Tensor:
+        ctx = AttackContext(model, x, y, self.eps, self.alpha, self.norm, self.steps, streams,
+                            attack=self, target=target, pool=pool)
+        ctx.max_rows = max(self.max_forward, self.inputs_per_image()) if ctx.batch > 1 else None
         done: list[Component] = []
+        taps = self._tap(ctx)
         try:
             for c in self.components:
+                ctx.caller = c.name
                 c.setup(ctx)
                 done.append(c)
+            ctx.caller = None
             delta = self.init_delta(ctx)
             for t in range(self.steps):
                 ctx.step = t
-                delta = self.step(delta, ctx)
+                delta = self.outer_step(delta, ctx)
                 if on_step is not None:
                     on_step(t + 1, (x + delta).detach(), index)
         finally:
             for c in reversed(done):
                 c.teardown(ctx)
+            for handle in taps:
+                handle.remove()
+            ctx.features.clear()
             self.forwards_total += ctx.forwards
+            for key, n in ctx.forwards_by.items():
+                self.forwards_by[key] = self.forwards_by.get(key, 0) + n
             self.last_context = ctx
+        self.check_forwards(ctx)
         return (x + delta).detach()
 
+    def _tap(self, ctx: AttackContext) -> list:
+        """Forward hooks storing the outputs of every layer a component taps in `ctx.features`."""
+        from transferlab.attacks.taps import tap_module
+
+        handles = []
+        for name in dict.fromkeys(n for c in self.components for n in c.taps()):
+            module = tap_module(ctx.model, name)
+
+            def store(_module, _inputs, output, name=name):
+                ctx.features[name] = output
+
+            handles.append(module.register_forward_hook(store))
+        return handles
+
+    def declared_forwards(self, images: int) -> float:
+        """Model inputs the components declare for `images` images over the whole attack."""
+        setup = sum(c.setup_forwards() for c in self.components)
+        return images * (self.steps * self.passes_per_step() + setup)
+
+    def check_forwards(self, ctx: AttackContext) -> None:
+        """Refuse an attack whose components sent more model inputs than they declare (the cost tables
+        and the micro-batch sizes rest on the declarations), naming who sent them."""
+        declared = self.declared_forwards(ctx.batch)
+        if ctx.forwards <= declared + 1e-9:
+            return
+        sent = ", ".join(f"{k}: {v}" for k, v in ctx.forwards_by.items())
+        raise ValueError(
+            f"attack {self.name!r} sent {ctx.forwards} model inputs for {ctx.batch} images over {self.steps} "
+            f"steps, but its components declare {declared:g} (passes per step {self.passes_per_step():g}, "
+            f"setup {sum(c.setup_forwards() for c in self.components)} per image); sent by {sent}. Declare "
+            "them with batch_multiplier / cost_multiplier / extra_forwards / setup_forwards"
+        )
+
     # ------------------------------------------------------------------ template steps
+    def outer_step(self, delta: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """One step, wrapped by every component's `outer` (the first component outermost)."""
+
+        def wrap(inner, component):
+            return lambda d: component.outer(d, ctx, inner)
+
+        step = lambda d: self.step(d, ctx)  # noqa: E731
+        for c in reversed(self.components):
+            if type(c).outer is not Component.outer:
+                step = wrap(step, c)
+        return step(delta)
+
     def step(self, delta: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         point = ctx.x_adv = ctx.x + delta
         for c in self.components:
@@ -252,7 +427,9 @@ class Attack:
     def gradient(self, point: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         grad = self.loss_gradient(point, ctx.y, ctx)
         for c in self.components:
+            ctx.caller = c.name
             grad = c.refine(grad, point, self, ctx)
+        ctx.caller = None
         return grad
 
     def loss_gradient(
@@ -275,7 +452,10 @@ class Attack:
                 exact = exact and transformed is inputs
                 inputs = transformed
             logits = ctx.forward(inputs)
-            loss = self.data_loss(logits, y.repeat(copies)).view(copies, -1).mean(0)
+            target = None
+            if ctx.target is not None:
+                target = ctx.target.repeat(inputs.shape[0] // ctx.batch)
+            loss = self.objective(logits, y.repeat(copies), target, ctx).view(copies, -1).mean(0)
             if regularise:
                 for c in self.components:
                     term = c.regulariser(point, logits if exact else None, ctx)
@@ -284,11 +464,28 @@ class Attack:
             (grad,) = torch.autograd.grad(loss.sum(), point)
         return grad.detach()
 
+    def objective(
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, ctx: AttackContext
+    ) -> torch.Tensor:
+        """Per-input quantity to maximise: the owner's, else cross-entropy (−CE to the target class)."""
+        owner = self.owners.get("objective")
+        if owner is not None:
+            return owner.objective(logits, y, target, ctx)
+        if target is not None:
+            return -F.cross_entropy(logits, target, reduction="none")
+        return F.cross_entropy(logits, y, reduction="none")
+
     def data_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-input loss to maximise: cross-entropy."""
+        """Per-input cross-entropy (kept for components that score logits the default way)."""
         return F.cross_entropy(logits, y, reduction="none")
 
     def init_delta(self, ctx: AttackContext) -> torch.Tensor:
+        owner = self.owners.get("init")
+        if owner is not None:
+            ctx.caller = owner.name
+            delta = owner.init(ctx)
+            ctx.caller = None
+            return self.project(delta, ctx)
         x = ctx.x
         if not self.random_start or self.eps == 0:
             return torch.zeros_like(x)
@@ -301,6 +498,9 @@ class Attack:
         return self.project(delta, ctx)
 
     def update(self, delta: torch.Tensor, grad: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        owner = self.owners.get("update")
+        if owner is not None:
+            return self.project(owner.update(delta, grad, ctx), ctx)
         if self.norm == "linf":
             step = grad.sign()
         else:

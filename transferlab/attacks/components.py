@@ -3,7 +3,8 @@
 import importlib
 
 BUILTIN_MODULES = ("momentum", "variance_tuning", "variance_reduction", "input_diversity",
-                   "translation_invariance", "skip_gradient", "interaction_reduction")
+                   "translation_invariance", "skip_gradient", "interaction_reduction", "objectives",
+                   "warm_start")
 
 for _module in BUILTIN_MODULES:
     try:

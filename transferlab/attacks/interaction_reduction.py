@@ -107,6 +107,10 @@ class InteractionReduction(Component):
         return 2 * self.coalitions_per_image() + 1
 
     # ------------------------------------------------------------------ hooks
+    def setup_forwards(self) -> int:
+        """The clean logits, once per batch."""
+        return 1
+
     def _key(self, what: str) -> str:
         return f"{self.name}:{what}"
 

@@ -16,6 +16,9 @@ class RunError(TransferlabError):
     """A command-line combination that cannot run."""
 
 
+PLUGIN_HELP = "import this module (or .py file) first, so its registered components resolve (repeatable)"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from transferlab.config import load_config
     from transferlab.rundir import launcher_shard, parse_shard
@@ -30,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "drop --shard under torchrun"
         )
     threads = apply_threads(args.threads)  # before any torch work
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, args.plugin)
     if args.only:
         cfg = select_attacks(cfg, args.only, args.config)
     out = Path(args.out or Path("runs") / cfg["name"])
@@ -100,19 +103,52 @@ def select_attacks(cfg: dict, only: str, path: str) -> dict:
 def cmd_models(args: argparse.Namespace) -> int:
     from transferlab.models import format_models_table, list_models
 
+    if args.layers:
+        from transferlab.attacks.taps import tap_points
+        from transferlab.models import load_model
+
+        model = load_model(args.layers, weights_dir=args.weights_dir, device="cpu")
+        print(f"tap points of {args.layers} (name, layer type); use them in a component's taps():")
+        for name, kind in tap_points(model):
+            print(f"  {name:<40} {kind}")
+        return 0
     print(format_models_table(list_models(weights_dir=args.weights_dir)))
     return 0
 
 
+def cmd_check_attack(args: argparse.Namespace) -> int:
+    """The shared battery on one method (a registered name, an import path or a composition)."""
+    from transferlab.config import yaml_load
+    from transferlab.plugins import load_plugins
+    from transferlab.testing import run_battery
+
+    load_plugins(args.plugin)
+    params = yaml_load(args.params) if args.params else None
+    if params is not None and not isinstance(params, dict):
+        raise RunError(f"--params must be a mapping of component -> parameters, got {args.params!r}")
+    failed = 0
+    for norm in ("linf", "l2") if args.norm == "both" else (args.norm,):
+        print(f"{args.method} ({norm}):")
+        for check in run_battery(args.method, norm, params):
+            failed += not check.ok
+            print(f"  {'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 1 if failed else 0
+
+
 def cmd_attacks(args: argparse.Namespace) -> int:
     from transferlab.attacks.registry import BASE_NAMES, PRESETS, describe_components
+    from transferlab.plugins import load_plugins
+
+    load_plugins(args.plugin)
 
     print("Base loop: pgd (I-FGSM; loop parameters norm, eps, alpha, steps, random_start in 1/255 steps)")
     print(f"  also spelled: {', '.join(BASE_NAMES[1:])}\n")
     print("Components (compose with '+', e.g. mi+sgm+ir):")
     for row in describe_components():
         params = ", ".join(f"{k}={v!r}" for k, v in row["params"].items()) or "-"
-        print(f"  {row['name']:<6} {row['doc']}")
+        origin = "" if row["module"].startswith("transferlab.") else f"  [plug-in: {row['module']}]"
+        print(f"  {row['name']:<6} {row['doc']}{origin}")
         print(f"         params: {params}")
     print("\nPresets:")
     for name, parts in PRESETS.items():
@@ -125,7 +161,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from transferlab.config import load_config
     from transferlab.launch.slurm import submit
 
-    cfg = load_config(args.config, args.overrides)  # a bad config fails here, not on the cluster
+    cfg = load_config(args.config, args.overrides, args.plugin)  # a bad config fails here, not on the cluster
     if args.only:
         select_attacks(cfg, args.only, args.config)
     out = str(args.out or Path("runs") / cfg["name"])
@@ -133,7 +169,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         str(args.config), args.overrides, out, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
         gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, partition=args.partition,
         time_min=args.time, mem_gb=args.mem_gb, array=args.array, cluster=args.cluster, logs=args.logs,
-        only=args.only,
+        only=args.only, plugins=args.plugin,
     )
     if args.wait:
         for job in jobs:
@@ -173,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads of this process (default: cores / processes on this node; see README)",
     )
     run.add_argument("--device", help="run on this device instead of the config's (e.g. cuda:1, cpu)")
+    run.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     run.set_defaults(func=cmd_run)
 
     submit = sub.add_parser(
@@ -190,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--mem-gb", type=float)
     submit.add_argument("--array", action="store_true", help="a job array of one-task jobs, not one job")
     submit.add_argument("--only", metavar="A,B")
+    submit.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     submit.add_argument("--cluster", choices=("slurm", "local", "debug"),
                         help="submitit's executor (default: SLURM when sbatch exists, else local)")
     submit.add_argument("--logs", help="submitit's log folder (default: beside --out)")
@@ -208,10 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list model names, their weight sources and availability")
     models.add_argument("--weights-dir", help="folder holding the CIFAR checkpoints")
+    models.add_argument("--layers", metavar="NAME", help="list the tap points (layers) of model NAME")
     models.set_defaults(func=cmd_models)
 
     attacks = sub.add_parser("attacks", help="list attack components, their parameters and defaults")
+    attacks.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     attacks.set_defaults(func=cmd_attacks)
+
+    check = sub.add_parser("check-attack", help="run the shared attack battery on a method or plug-in")
+    check.add_argument("method", help="a component, preset or composition, e.g. mi+my_pkg.mod:MyComponent")
+    check.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
+    check.add_argument("--norm", choices=("linf", "l2", "both"), default="both")
+    check.add_argument("--params", help="component parameters as YAML, e.g. '{mi: {mu: 0.5}}'")
+    check.set_defaults(func=cmd_check_attack)
 
     for module in ("transferlab.interaction.commands", "transferlab.zoo.commands"):
         try:

@@ -60,6 +60,7 @@ SCHEMA: dict[str, Any] = {
         "baseline": None,  # the attack gains and costs are measured against; None: the plain PGD entry
     },
     "reference": ANY,  # the paper's numbers, printed beside ours
+    "plugins": [],  # modules imported before attack names resolve (transferlab.plugins)
 }
 
 CHOICES = {
@@ -208,7 +209,9 @@ def _check_attacks(cfg: dict, where: str) -> None:
         for key, default in defaults.items():
             resolved[key] = check_loop_value(key, spec.pop(key, default), f"{path}.{key}", where)
         params = {}
+        aliases = _component_aliases(components)
         for key, value in spec.items():
+            key = aliases.get(key, key)
             if key not in components:
                 allowed = ["method", *LOOP_KEYS, *components]
                 close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -220,6 +223,19 @@ def _check_attacks(cfg: dict, where: str) -> None:
             params[key] = value
         resolved["params"] = params
         attacks[name] = resolved
+
+
+def _component_aliases(components: list[str]) -> dict[str, str]:
+    """Short names for import-path components (`pkg.mod:MyComponent` -> `MyComponent` and its
+    registered name), so that `attacks.a.MyComponent.param=3` reaches their parameters as an override."""
+    from transferlab.attacks.registry import resolve_component
+
+    aliases = {}
+    for name in components:
+        if ":" in name:
+            aliases[name.partition(":")[2]] = name
+            aliases[resolve_component(name).name] = name
+    return aliases
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -243,8 +259,11 @@ def apply_override(raw: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Read, override, validate and complete a YAML config."""
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), plugins: list[str] | tuple[str, ...] = ()
+) -> dict:
+    """Read, override, validate and complete a YAML config; `plugins` (from `--plugin`) are imported with
+    the config's own `plugins:` before any attack name resolves, and recorded in it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -257,6 +276,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         apply_override(raw, *parse_override(text))
     where = str(path) + (f" (with overrides {list(overrides)})" if overrides else "")
+    listed = raw.get("plugins") or []
+    if not isinstance(listed, list):
+        _fail(where, f"'plugins' must be a list of module names or .py files, got {listed!r}")
+    from transferlab.plugins import load_plugins
+
+    load_plugins(listed, f"{where}: 'plugins'")
+    load_plugins(plugins, "--plugin")
+    raw["plugins"] = list(dict.fromkeys([*listed, *plugins]))
     return validate(raw, where)
 
 

@@ -8,6 +8,7 @@ Every attack and evaluation reads the preprocessing from the `Classifier` instea
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from transferlab.weights import (
     rename_efficientnet_lite_keys,
     split_pin,
 )
+from transferlab.zoo.archs import ZOO_ARCHS, zoo_weights_dir
 
 __all__ = [
     "Classifier",
@@ -194,7 +196,42 @@ class EfficientNetLiteWeights:
         return rename_efficientnet_lite_keys(state, EFFICIENTNET_LITE_REPEATS[self.variant])
 
 
-WeightSource = FolderWeights | EfficientNetLiteWeights
+@dataclass(frozen=True)
+class ZooWeights:
+    """Safetensors weights trained here (`transferlab zoo train`), committed in `transferlab/zoo/weights/`
+    as `<model name>-<sha8>.safetensors` (the sha256 prefix is verified on load); the folder's
+    `weights.json` gives each file's full sha256 and test accuracy."""
+
+    model_name: str
+    arch: str
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.model_name}-*.safetensors"
+
+    @property
+    def description(self) -> str:
+        return f"trained here: transferlab/zoo/weights/{self.pattern}"
+
+    def locate(self, weights_dir: PathLike | None) -> Path:
+        """The committed file (`weights_dir`, meant for the shared CIFAR checkpoints, is not consulted)."""
+        how = f"train it with `transferlab zoo train {self.arch} --install`"
+        return find_weights(zoo_weights_dir(), self.pattern, how)
+
+    def adapt(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return state
+
+    def test_accuracy(self) -> float | None:
+        """Top-1 on the 10k CIFAR-10 test JPEGs recorded in `weights.json` (None when not recorded)."""
+        try:
+            table = json.loads((zoo_weights_dir() / "weights.json").read_text())
+        except (OSError, ValueError):
+            return None
+        acc = table.get(self.model_name, {}).get("test_acc")
+        return float(acc) if isinstance(acc, int | float) else None
+
+
+WeightSource = FolderWeights | EfficientNetLiteWeights | ZooWeights
 
 
 # ---------------------------------------------------------------- registry
@@ -273,6 +310,18 @@ register(
         preprocess=CHENYAOFO_PREPROCESS,
     )
 )
+
+for _zoo in ZOO_ARCHS.values():  # trained here on the CIFAR-10 training JPEGs (transferlab/zoo)
+    register(
+        ModelEntry(
+            name=_zoo.model_name,
+            family=_zoo.family,
+            build=_zoo.build,
+            weights=ZooWeights(_zoo.model_name, _zoo.arch),
+            num_classes=10,
+            preprocess=CHENYAOFO_PREPROCESS,
+        )
+    )
 
 
 # ---------------------------------------------------------------- the factory
@@ -399,8 +448,21 @@ def _unknown_name_message(name: str) -> str:
 # ---------------------------------------------------------------- listing
 
 
+#: Top-1 on the 10k CIFAR-10 JPEG q75 test set, from shared/README.md (the zoo's own models: weights.json).
+CIFAR_TEST_ACCURACY = {
+    "cifar10_resnet20": 0.810,
+    "cifar10_resnet32": 0.826,
+    "cifar10_resnet44": 0.827,
+    "cifar10_resnet56": 0.832,
+    "cifar10_resnet20_b": 0.811,
+    "cifar10_resnet56_b": 0.837,
+    "cifar10_shufflenetv2_x0_5": 0.834,
+}
+
+
 def list_models(weights_dir: PathLike | None = None) -> list[dict]:
-    """One row per zoo model: name, family, weights_source, path (or None), available, input_size."""
+    """One row per zoo model: name, family, weights_source, path (or None), available, input_size and
+    test_acc (CIFAR-10 test JPEGs, fraction; None when unknown)."""
     rows = []
     for entry in _REGISTRY.values():
         try:
@@ -415,6 +477,11 @@ def list_models(weights_dir: PathLike | None = None) -> list[dict]:
                 "path": path,
                 "available": path is not None,
                 "input_size": entry.resolve_preprocess().input_size,
+                "test_acc": (
+                    entry.weights.test_accuracy()
+                    if isinstance(entry.weights, ZooWeights)
+                    else CIFAR_TEST_ACCURACY.get(entry.name)
+                ),
             }
         )
     return rows
@@ -422,12 +489,14 @@ def list_models(weights_dir: PathLike | None = None) -> list[dict]:
 
 def format_models_table(rows: list[dict]) -> str:
     """Plain-text table of `list_models` rows for the `transferlab models` command."""
-    header = ("name", "family", "input", "available", "weights")
+    header = ("name", "family", "input", "test acc", "available", "weights")
     lines = [header]
     for row in rows:
         h, w = row["input_size"]
         where = row["path"] if row["available"] else f"missing - {row['weights_source']}"
-        lines.append((row["name"], row["family"], f"{h}x{w}", "yes" if row["available"] else "no", where))
+        acc = f"{row['test_acc']:.3f}" if row.get("test_acc") is not None else "-"
+        available = "yes" if row["available"] else "no"
+        lines.append((row["name"], row["family"], f"{h}x{w}", acc, available, where))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     widths[-1] = 0  # no padding after the last column
     cells = (zip(line, widths, strict=True) for line in lines)

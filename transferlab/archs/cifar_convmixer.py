@@ -48,7 +48,7 @@ class ConvMixer(nn.Module):
 
 
 def cifar_convmixer(
-    dim: int = 128, depth: int = 6, kernel: int = 5, patch: int = 2, num_classes: int = 10
+    dim: int = 128, depth: int = 8, kernel: int = 5, patch: int = 4, num_classes: int = 10
 ) -> ConvMixer:
-    """Untrained ConvMixer-`dim`/`depth` (default 128/6, kernel 5, patch 2: 16x16 tokens)."""
+    """Untrained ConvMixer-`dim`/`depth` (default 128/8, kernel 5, patch 4: 8x8 tokens)."""
     return ConvMixer(dim, depth, kernel, patch, num_classes)

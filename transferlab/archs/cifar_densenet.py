@@ -74,8 +74,8 @@ class CifarDenseNet(nn.Module):
 
 
 def cifar_densenet_bc(
-    n: int = 6, growth: int = 12, num_classes: int = 10, stem_stride: int = 1
+    n: int = 6, growth: int = 12, num_classes: int = 10, stem_stride: int = 2
 ) -> CifarDenseNet:
-    """Untrained DenseNet-BC of depth 6n+4 (default n=6: DenseNet-BC-40, k=12); `stem_stride` 2 runs the
-    dense blocks at 16/8/4 px instead of 32/16/8 (about 4x cheaper)."""
+    """Untrained DenseNet-BC of depth 6n+4 (default n=6: DenseNet-BC-40, k=12); the default `stem_stride` 2
+    runs the dense blocks at 16/8/4 px instead of the paper's 32/16/8 (about 5x cheaper to train on a CPU)."""
     return CifarDenseNet(n, growth, num_classes, stem_stride)

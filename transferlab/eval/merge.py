@@ -49,7 +49,8 @@ def report_dirs(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
         )
     target = Path(out).resolve() if out is not None else dirs[0]
     runs = [RunDir(d) for d in dirs]
-    plan, writers = _plan_records(runs, None)
+    plan, _ = _plan_records(runs[:1], None)  # the first directory's run is the reference
+    _, writers = _plan_records(runs, plan)
     cfg = writers[0]["config"]
     _check_same_run(runs, plan)
     check_complete(runs, cfg, writers)

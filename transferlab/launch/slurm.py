@@ -90,6 +90,7 @@ def submit(
     cluster: str | None = None,
     logs: str | None = None,
     only: str | None = None,
+    plugins: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list:
     """Submit the run's shards; returns the submitit jobs."""
@@ -104,6 +105,8 @@ def submit(
     argv = ["run", config, "--out", out, "--quiet", *overrides]
     if only:
         argv += ["--only", only]
+    for module in plugins or []:
+        argv += ["--plugin", module]
     folder = Path(logs or Path(out).parent / f"{Path(out).name}.slurm-logs") / "%j"
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params: dict[str, Any] = {"timeout_min": time_min, "name": f"transferlab-{Path(out).name}"}

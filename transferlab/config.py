@@ -52,6 +52,8 @@ SCHEMA: dict[str, Any] = {
         "targets": ["tf_efficientnet_lite0"],
         "weights_dir": None,
         "weights": ANY,  # {model name: local checkpoint path}
+        "fusion": "logits",  # how an ensemble source fuses its members: logits | probs | loss
+        "ensembles": ANY,  # filled from list entries of `sources`: {name: [members]}
     },
     "attack_defaults": dict(LOOP_KEYS),
     "attacks": ANY,  # {name: {method: ..., <loop keys>, <component>: {params}}}
@@ -61,6 +63,8 @@ SCHEMA: dict[str, Any] = {
     },
     "reference": ANY,  # the paper's numbers, printed beside ours
     "plugins": [],  # modules imported before attack names resolve (transferlab.plugins)
+    "targeted": False,  # attack toward a target class per image (success = predicts it)
+    "target_class": "dataset",  # dataset (NIPS'17 TargetClass) | random (per image stream) | a class index
 }
 
 CHOICES = {
@@ -68,6 +72,7 @@ CHOICES = {
     "data.eligibility": ("source", "all"),
     "data.on_error": ("raise", "skip"),
     "attack_defaults.norm": ("linf", "l2"),
+    "models.fusion": ("logits", "probs", "loss"),
     "device": ("auto", "cpu", "cuda", "mps"),
 }
 
@@ -301,6 +306,11 @@ def validate(raw: dict, where: str = "<config>") -> dict:
     if not _integer(every) or every < 0:
         _fail(where, f"'eval.record_every' must be an integer >= 0, got {every!r}")
     check_baseline(cfg, where)
+    if not isinstance(cfg["targeted"], bool):
+        _fail(where, f"'targeted' must be true or false, got {cfg['targeted']!r}")
+    choice = cfg["target_class"]
+    if not (choice in ("dataset", "random") or (_integer(choice) and choice >= 0)):
+        _fail(where, f"'target_class' must be 'dataset', 'random' or a class index >= 0, got {choice!r}")
     return cfg
 
 
@@ -319,7 +329,29 @@ def check_baseline(cfg: dict, where: str) -> None:
         )
 
 
+def _check_ensembles(models: dict, where: str) -> None:
+    """A list entry of `models.sources` is an ensemble: named by its members joined with '+'."""
+    ensembles = dict(models.get("ensembles") or {})
+    sources = []
+    for k, entry in enumerate(models["sources"] if isinstance(models["sources"], list) else []):
+        if isinstance(entry, list):
+            if len(entry) < 2 or not all(isinstance(m, str) for m in entry):
+                _fail(where, f"'models.sources[{k}]': an ensemble lists two or more model names, got {entry!r}")
+            if len(set(entry)) != len(entry):
+                _fail(where, f"'models.sources[{k}]' names a member twice: {entry!r}")
+            for j, member in enumerate(entry):
+                check_name(member, f"model name 'models.sources[{k}][{j}]'", where)
+            name = "+".join(entry)
+            ensembles[name] = list(entry)
+            entry = name
+        sources.append(entry)
+    if isinstance(models["sources"], list):
+        models["sources"] = sources
+    models["ensembles"] = ensembles
+
+
 def _check_models(models: dict, where: str) -> None:
+    _check_ensembles(models, where)
     for key in ("sources", "targets"):
         names = models[key]
         if not isinstance(names, list) or not names:
@@ -337,7 +369,8 @@ def _check_models(models: dict, where: str) -> None:
         return
     if not isinstance(weights, dict):
         _fail(where, f"'models.weights' must map model names to checkpoint paths, got {weights!r}")
-    known = list(dict.fromkeys([*models["sources"], *models["targets"]]))
+    members = [m for group in (models.get("ensembles") or {}).values() for m in group]
+    known = list(dict.fromkeys([*models["sources"], *models["targets"], *members]))
     for name, file in weights.items():
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)

@@ -37,6 +37,7 @@ class Item:
     image_id: str
     path: Path
     label: int
+    target: int | None = None  # target class of a targeted attack (NIPS'17: TargetClass − 1)
 
 
 @dataclass
@@ -144,7 +145,9 @@ def nips17_items(root: Path) -> list[Item]:
                 raise DataError(
                     f"{csv_path}:{line}: TrueLabel {row['TrueLabel']} out of range 1..1000 (1-indexed labels)"
                 )
-            items.append(Item(row["ImageId"], root / "images" / f"{row['ImageId']}.png", label))
+            target = row.get("TargetClass")
+            target = int(target) - 1 if target not in (None, "") and str(target).strip().isdigit() else None
+            items.append(Item(row["ImageId"], root / "images" / f"{row['ImageId']}.png", label, target))
     return items
 
 

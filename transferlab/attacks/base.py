@@ -455,7 +455,13 @@ class Attack:
             target = None
             if ctx.target is not None:
                 target = ctx.target.repeat(inputs.shape[0] // ctx.batch)
-            loss = self.objective(logits, y.repeat(copies), target, ctx).view(copies, -1).mean(0)
+            rows_y = y.repeat(copies)
+            members = getattr(ctx.model, "member_logits", None)
+            if members and getattr(ctx.model, "fusion", None) == "loss":  # an ensemble fusing losses
+                value = torch.stack([self.objective(z, rows_y, target, ctx) for z in members]).mean(0)
+            else:
+                value = self.objective(logits, rows_y, target, ctx)
+            loss = value.view(copies, -1).mean(0)
             if regularise:
                 for c in self.components:
                     term = c.regulariser(point, logits if exact else None, ctx)

@@ -124,6 +124,7 @@ def build_attack(
     max_forward: int = 256,
     name: str | None = None,
     where: str = "",
+    targeted: bool = False,
 ) -> Attack:
     """The one factory. eps and alpha in [0,1] pixel units; `params` maps component name -> parameters."""
     names = parse_method(method)
@@ -142,6 +143,7 @@ def build_attack(
         seed=seed,
         max_forward=max_forward,
         name=name or "+".join(["pgd", *names]),
+        targeted=targeted,
     )
 
 

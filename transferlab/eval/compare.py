@@ -61,16 +61,17 @@ def paired_gain(
 
 
 def gains_over(
-    records: pd.DataFrame, baseline: str = "pgd", n_boot: int = 2000, seed: int = 0
+    records: pd.DataFrame, baseline: str = "pgd", n_boot: int = 2000, seed: int = 0, outcome: str = "fooled"
 ) -> pd.DataFrame:
     """Transfer-success gain of every attack over `baseline`, per source and target, over the images the
-    target classifies correctly when clean (the same images for both attacks)."""
+    target classifies correctly when clean (the same images for both attacks). `outcome`: the per-image
+    success column (`fooled`; `hit` for targeted success)."""
     rows = []
     if baseline not in set(records.attack):
         return empty_gains()
     correct = records[records.target_clean_correct]
     for (source, target), group in correct.groupby(["source", "target"], sort=False):
-        table = group.pivot_table(index="image_id", columns="attack", values="fooled", aggfunc="first")
+        table = group.pivot_table(index="image_id", columns="attack", values=outcome, aggfunc="first")
         if baseline not in table:
             continue
         for attack in dict.fromkeys(group.attack):

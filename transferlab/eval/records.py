@@ -15,6 +15,7 @@ import torch
 
 from transferlab.eval.quantize import perturbation_norms
 from transferlab.rundir import Job, RunDir, jobs_of
+from transferlab.rundir.jobs import white_box
 from transferlab.rundir.shards import all_blocks
 
 
@@ -47,6 +48,7 @@ def assemble_records(run: RunDir, cfg: dict) -> pd.DataFrame:
     """One row per image × attack × source × target, with clean and adversarial predictions."""
     clean = run.read_clean().set_index(["image_id", "model"])
     eligible = run.eligible_ids()
+    targets = run.eligible_targets() if cfg.get("targeted") else {}
     frames = []
     for job in jobs_of(cfg):
         ids = eligible[job.source]
@@ -66,7 +68,7 @@ def assemble_records(run: RunDir, cfg: dict) -> pd.DataFrame:
                     "method": "+".join(str(m) for m in np.atleast_1d(job.spec["method"])),
                     "source": job.source,
                     "target": target,
-                    "white_box": target == job.source,
+                    "white_box": white_box(cfg, job.source, target),
                     "clean_pred": c.pred.to_numpy(),
                     "adv_pred": ev.adv_pred.to_numpy(),
                     "target_clean_correct": (c.pred.to_numpy() == c.label.to_numpy()),
@@ -80,5 +82,8 @@ def assemble_records(run: RunDir, cfg: dict) -> pd.DataFrame:
             )
             frame["fooled"] = frame.adv_pred != frame.label
             frame["transfer_utility"] = frame.adv_loss - frame.clean_loss
+            if cfg.get("targeted"):  # (columns absent when untargeted: earlier records stay byte-equal)
+                frame["target_class"] = [targets[job.source][i] for i in ids]
+                frame["hit"] = frame.adv_pred == frame.target_class
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)

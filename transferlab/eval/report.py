@@ -79,11 +79,15 @@ def table_markdown(
         f"Config description (as written; the settings that ran are listed below): {description}\n"
         if description
         else "",
+        targeted_section(results, cfg),
         "Transfer success: fraction of attacked images the target misclassifies after the attack, over the "
-        "images it classifies correctly when clean (white-box column: the source itself). Fixed budget "
+        "images it classifies correctly when clean (white-box column: the source itself, or a member of "
+        "an ensemble source). Fixed budget "
         "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
-        "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n",
-        markdown_table(results, "transfer_success", cfg.get("reference")),
+        "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n"
+        + ("(Untargeted view of a targeted attack: any wrong class counts.)\n"
+           if cfg.get("targeted") else ""),
+        markdown_table(results, "transfer_success", None if cfg.get("targeted") else cfg.get("reference")),
         settings_section(cfg, overrides),
         gains_section(gains) if baseline_of(cfg) else "\n## Gains\n\nNone: the config has no plain PGD "
         "attack to measure gains against; name one with `eval.baseline`.\n",
@@ -100,6 +104,19 @@ def table_markdown(
         "",
     ]
     return "\n".join(p for p in parts if p is not None)
+
+
+def targeted_section(results: pd.DataFrame, cfg: dict) -> str:
+    """A targeted run's headline: the rate at which each target predicts the image's target class."""
+    if not cfg.get("targeted"):
+        return ""
+    return (
+        f"**TARGETED attack** (target class: {cfg['target_class']}).\n\n## Targeted success\n\n"
+        "Fraction of attacked images for which the target predicts the image's target class, over the "
+        "images it classifies correctly when clean. Cells: rate [95% Wilson interval].\n\n"
+        + markdown_table(results, "targeted_success", cfg.get("reference"))
+        + "\n## Untargeted transfer success\n"
+    )
 
 
 def gains_section(gains: pd.DataFrame) -> str:
@@ -137,9 +154,9 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
+def transfer_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success") -> None:
     """Grouped bars: one group per target, one bar per attack, 95% intervals as error bars."""
-    sub = results[results.metric == "transfer_success"]
+    sub = results[results.metric == metric]
     sources = list(dict.fromkeys(sub.source))
     fig, axes = plt.subplots(
         1, len(sources), figsize=(max(6, 1.6 * sub.target.nunique() * len(sources) + 3), 4), squeeze=False
@@ -159,7 +176,7 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xticks(range(len(targets)))
         ax.set_xticklabels([f"{t}\n(white-box)" if t == source else t for t in targets], fontsize=8)
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel("transfer success (95% CI)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (95% CI)")
         ax.set_title(f"source: {source}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -290,12 +307,17 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     baseline = baseline_of(cfg)
     costs = cost_table(run, cfg, baseline)
     atomic_write_csv(run.costs_csv, costs)
-    gains = gains_over(records, baseline=baseline, seed=cfg["seed"]) if baseline else empty_gains()
+    outcome = "hit" if cfg.get("targeted") else "fooled"
+    gains = (gains_over(records, baseline=baseline, seed=cfg["seed"], outcome=outcome) if baseline
+             else empty_gains())
     atomic_write_csv(run.gains_csv, gains)
     primary = writers[0]
     overrides = primary.get("overrides") or []
     atomic_write_text(run.table_md, table_markdown(results, cfg, costs, gains, overrides))
-    transfer_plot(results, run.transfer_png, cfg["name"])
+    if cfg.get("targeted"):
+        transfer_plot(results, run.transfer_png, f"TARGETED: {cfg['name']}", "targeted_success")
+    else:
+        transfer_plot(results, run.transfer_png, cfg["name"])
     notices = list(dict.fromkeys(n for w in writers for n in w.get("notices", [])))
     commits = {
         c.get("commit") or ""

@@ -2,7 +2,9 @@
 
 - ``transfer_success``: the target misclassifies the quantised adversarial image, counted over the
   attacked images the target classifies correctly when clean (on the source itself: white-box success);
-- ``error_rate``: the target misclassifies the adversarial image, over all attacked images.
+- ``error_rate``: the target misclassifies the adversarial image, over all attacked images;
+- ``targeted_success`` (targeted runs): the target predicts the image's target class, over the images
+  it classifies correctly when clean (the untargeted two above are reported beside it).
 """
 
 from __future__ import annotations
@@ -72,13 +74,16 @@ def summarise(records: pd.DataFrame, attacks: dict[str, dict], steps: dict | Non
             "method": group.method.iloc[0],
             "source": source,
             "target": target,
-            "white_box": bool(source == target),
+            "white_box": bool(group.white_box.iloc[0]) if "white_box" in group else source == target,
             "norm": spec["norm"],
             "eps": spec["eps"],
             "alpha": spec["alpha"],
             "steps": spec["steps"],
         }
         correct = group[group.target_clean_correct]
+        if "hit" in group:
+            hits = rate_row(int(correct.hit.sum()), len(correct))
+            rows.append({**base, "metric": "targeted_success", **hits})
         rows.append(
             {**base, "metric": "transfer_success", **rate_row(int(correct.fooled.sum()), len(correct))}
         )

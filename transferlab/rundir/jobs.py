@@ -56,7 +56,17 @@ def job_key(cfg: dict, job: Job, weights_digest: str | None) -> str:
     }
     if weights_digest is not None:
         payload["weights_digest"] = weights_digest
+    if cfg.get("targeted"):  # (absent when untargeted: the keys of earlier runs stay valid)
+        payload["targeted"] = {"target_class": cfg["target_class"]}
+    members = (cfg["models"].get("ensembles") or {}).get(job.source)
+    if members:
+        payload["ensemble"] = {"members": members, "fusion": cfg["models"]["fusion"]}
     return _digest(payload)
+
+
+def white_box(cfg: dict, source: str, target: str) -> bool:
+    """A target is white-box for a source when it is the source or one of its ensemble's members."""
+    return target == source or target in (cfg["models"].get("ensembles") or {}).get(source, [])
 
 
 def plan_digest(cfg: dict, digests: dict[str, str]) -> str:

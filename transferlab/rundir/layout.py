@@ -31,7 +31,7 @@ import pandas as pd
 from transferlab.io import atomic_write_csv, atomic_write_json, read_png
 from transferlab.rundir.marker import MARKER, RunDirError
 
-ELIGIBLE_COLUMNS = ["source", "position", "image_id", "label"]
+ELIGIBLE_COLUMNS = ["source", "position", "image_id", "label", "target"]
 EVAL_COLUMNS = ["job_key", "image_id", "target", "adv_pred", "adv_loss", "adv_margin"]
 #: a job's accounting; written per writer scope, summed by the report
 COST_FIELDS = ("seconds", "cpu_seconds", "cpu_images", "images", "forwards")
@@ -116,14 +116,20 @@ class RunDir:
         path = self.eligible_csv
         return pd.read_csv(path, dtype={"image_id": str}) if path.exists() else None
 
-    def write_eligible(self, eligible: dict[str, list[tuple[str, int]]]) -> None:
-        """{source: [(image_id, label), ...] in attack order}."""
+    def write_eligible(self, eligible: dict[str, list[tuple[str, int, int | None]]]) -> None:
+        """{source: [(image_id, label, target class or None), ...] in attack order}."""
         rows = [
-            {"source": s, "position": k, "image_id": i, "label": y}
+            {"source": s, "position": k, "image_id": i, "label": y, "target": t}
             for s, items in eligible.items()
-            for k, (i, y) in enumerate(items)
+            for k, (i, y, t) in enumerate(items)
         ]
         atomic_write_csv(self.eligible_csv, pd.DataFrame(rows, columns=ELIGIBLE_COLUMNS))
+
+    def eligible_targets(self) -> dict[str, dict[str, int]]:
+        """{source: {image_id: target class}} of a targeted run."""
+        table = self.read_eligible()
+        return {s: {i: int(t) for i, t in zip(g.image_id, g.target) if t == t}
+                for s, g in table.groupby("source", sort=False)}
 
     def eligible_ids(self) -> dict[str, list[str]]:
         table = self.read_eligible()

@@ -94,8 +94,13 @@ def attack_job(exp: Experiment, job: Job, blocks: list[list[Item]]) -> None:
         hook, step_rows = step_recorder(exp, x, y, chunk, attack) if every else (None, None)
         warm_up(exp, job.source, x)
         t0, c0 = time.perf_counter(), time.process_time()
+        target = None
+        if attack.targeted:
+            target = torch.tensor([i.target for i in chunk], device=exp.device)
+        pool = exp.pool() if attack.pool_size() else None
         adv = attack.run(
-            model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook
+            model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook,
+            target=target, pool=pool,
         )
         cost["seconds"] += time.perf_counter() - t0 - (hook.seconds if hook else 0.0)
         cost["cpu_seconds"] += time.process_time() - c0 - (hook.cpu_seconds if hook else 0.0)

@@ -83,6 +83,7 @@ class Experiment:
         self.resolution = self.dataset.resolution
         self._models: dict[str, torch.nn.Module] = {}
         self.warm: set[str] = set()
+        self._pool = None
         self.timings: dict[str, float] = {}
         self.notices: list[str] = []
         self.digests: dict[str, str] = {}
@@ -104,6 +105,12 @@ class Experiment:
         return list(dict.fromkeys(names))
 
     def model(self, name: str) -> torch.nn.Module:
+        members = (self.cfg["models"].get("ensembles") or {}).get(name)
+        if members and name not in self._models:
+            from transferlab.ensemble import Ensemble
+
+            parts = [self.model(m) for m in members]
+            self._models[name] = Ensemble(parts, name, self.cfg["models"]["fusion"]).to(self.device)
         if name not in self._models:
             from transferlab.models import load_model
 
@@ -139,7 +146,15 @@ class Experiment:
         return plan_digest(self.cfg, self.digests)
 
     def build(self, job: Job):
-        return attack_from_spec(job.attack, job.spec, self.resolution, self.cfg["seed"])
+        return attack_from_spec(job.attack, job.spec, self.resolution, self.cfg["seed"], self.cfg["targeted"])
+
+    def pool(self):
+        """Where pool-drawing components (Admix) take other images from: the whole dataset."""
+        if self._pool is None:
+            from transferlab.runner.pools import DatasetPool
+
+            self._pool = DatasetPool(self.dataset)
+        return self._pool
 
     def adv_dir(self, job: Job) -> Path:
         return self.run_dir.job_dir(job.attack, job.source)

@@ -46,7 +46,7 @@ def prediction_batch(resolution: int) -> int:
     return max(1, min(64, auto_max_forward(resolution)))
 
 
-def attack_from_spec(name: str, spec: dict, resolution: int, seed: int):
+def attack_from_spec(name: str, spec: dict, resolution: int, seed: int, targeted: bool = False):
     """The attack a validated config entry describes, at the run's attack resolution."""
     eps, alpha = loop_units(spec, resolution)
     return build_attack(
@@ -60,4 +60,5 @@ def attack_from_spec(name: str, spec: dict, resolution: int, seed: int):
         seed=seed,
         max_forward=spec["max_forward"] or auto_max_forward(resolution),
         name=name,
+        targeted=targeted,
     )

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transferlab.data import Item, to_float
 from transferlab.interaction.scores import margin
 from transferlab.io import atomic_write_csv, atomic_write_png, try_read_png
+from transferlab.rng import stable_seed
 from transferlab.runner.resolve import RunError, prediction_batch
 
 if TYPE_CHECKING:
@@ -62,12 +63,14 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
         ok = _correct(table, [i.image_id for i in items])
         for item, image in zip(items, images):
             _save_clean(exp, item, image)
+        for item in items:
+            assign_target(exp, item)
         for s in sources:
             need = exp.model_names if rule == "all" else [s]
             for item in items:
                 if (not limit or len(eligible[s]) < limit) and all(
                     ok.get((item.image_id, m), False) for m in need
-                ):
+                ) and item.target != item.label:
                     eligible[s].append(item)
         bar.update(len(items) if not limit else min(limit, min(len(v) for v in eligible.values())) - bar.n)
     bar.close()
@@ -86,8 +89,34 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
                 f"data.limit={limit} but only {len(items)} of the {exp.scanned} images in the dataset "
                 f"are eligible for source {s} (rule '{rule}'): the run attacks {len(items)}"
             )
-    exp.run_dir.write_eligible({s: [(i.image_id, i.label) for i in v] for s, v in eligible.items()})
+    exp.run_dir.write_eligible({s: [(i.image_id, i.label, i.target) for i in v] for s, v in eligible.items()})
     return eligible
+
+
+def assign_target(exp: Experiment, item: Item) -> None:
+    """The target class of a targeted run's image (`target_class`): the dataset's (NIPS'17 TargetClass
+    − 1), a fixed class, or one drawn from the image's own stream among the classes but its label.
+    Untargeted runs leave it None. An image whose target is its label is never eligible."""
+    if not exp.cfg["targeted"]:
+        item.target = None
+        return
+    choice = exp.cfg["target_class"]
+    classes = getattr(exp.model(exp.cfg["models"]["sources"][0]), "num_classes", None) or 1000
+    if choice == "dataset":
+        if item.target is None:
+            raise RunError(
+                f"targeted: true with target_class: dataset, but the {exp.dataset.name} dataset gives no "
+                f"target class for {item.path} (only NIPS'17 images.csv has TargetClass); set target_class "
+                "to 'random' or a class index"
+            )
+        return
+    if choice == "random":
+        g = torch.Generator().manual_seed(stable_seed(exp.cfg["seed"], "target", item.image_id))
+        item.target = int((item.label + 1 + torch.randint(classes - 1, (1,), generator=g)) % classes)
+        return
+    if not 0 <= int(choice) < classes:
+        raise RunError(f"target_class {choice} is out of range for the source's {classes} classes")
+    item.target = int(choice)
 
 
 def verify_cached_clean(exp: Experiment, known: pd.DataFrame, count: int = 16) -> None:

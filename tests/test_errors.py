@@ -38,7 +38,7 @@ def models(monkeypatch):
     """Tiny models by name; `SEEDS` may be changed by a row to stand for other weights. Other names load
     from the zoo as usual (used by the checkpoint rows)."""
     seeds = dict(SEEDS)
-    real = Experiment.model
+    real = Experiment.load_single
 
     def model(self, name):
         if name not in seeds:
@@ -47,7 +47,7 @@ def models(monkeypatch):
             self._models[name] = ChannelNet(seed=seeds[name])
         return self._models[name]
 
-    monkeypatch.setattr(Experiment, "model", model)
+    monkeypatch.setattr(Experiment, "load_single", model)
     return seeds
 
 

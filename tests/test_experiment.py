@@ -32,7 +32,7 @@ def tiny_models(monkeypatch):
             raise ValueError(f"unknown model {name!r}")
         return cache.setdefault(name, ChannelNet(seed=MODELS[name]))
 
-    monkeypatch.setattr(Experiment, "model", model)
+    monkeypatch.setattr(Experiment, "load_single", model)
     return cache
 
 
@@ -320,7 +320,10 @@ def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape
     """Kernels may round differently for another batch shape (ShapeSensitiveNet makes that large): a batch
     left incomplete by a smaller data.limit or a kill is redone whole, as the fresh run attacks it."""
     cache = {}
-    monkeypatch.setattr(Experiment, "model", lambda self, name: cache.setdefault(name, ShapeSensitiveNet()))
+    def shaped(self, name):
+        return cache.setdefault(name, ShapeSensitiveNet())
+
+    monkeypatch.setattr(Experiment, "load_single", shaped)
     config = write_config(
         tmp_path,
         **{"models.targets": ["tiny_a"], "attack_defaults.batch_size": 8,

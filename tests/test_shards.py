@@ -24,7 +24,10 @@ def shape_models(monkeypatch):
     """Models whose floats depend on the batch shape, so a shard that attacked an image in another
     batch than the one-process run would show in the bytes."""
     cache = {}
-    monkeypatch.setattr(Experiment, "model", lambda self, name: cache.setdefault(name, ShapeSensitiveNet()))
+    def shaped(self, name):
+        return cache.setdefault(name, ShapeSensitiveNet())
+
+    monkeypatch.setattr(Experiment, "load_single", shaped)
     return cache
 
 

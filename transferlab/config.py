@@ -64,7 +64,7 @@ SCHEMA: dict[str, Any] = {
     "reference": ANY,  # the paper's numbers, printed beside ours
     "plugins": [],  # modules imported before attack names resolve (transferlab.plugins)
     "targeted": False,  # attack toward a target class per image (success = predicts it)
-    "target_class": "dataset",  # dataset (NIPS'17 TargetClass) | random (per image stream) | a class index
+    "target_class": ANY,  # dataset (default; NIPS'17 TargetClass) | random (per image stream) | class index
 }
 
 CHOICES = {
@@ -308,7 +308,7 @@ def validate(raw: dict, where: str = "<config>") -> dict:
     check_baseline(cfg, where)
     if not isinstance(cfg["targeted"], bool):
         _fail(where, f"'targeted' must be true or false, got {cfg['targeted']!r}")
-    choice = cfg["target_class"]
+    choice = cfg["target_class"] = "dataset" if cfg["target_class"] is None else cfg["target_class"]
     if not (choice in ("dataset", "random") or (_integer(choice) and choice >= 0)):
         _fail(where, f"'target_class' must be 'dataset', 'random' or a class index >= 0, got {choice!r}")
     return cfg
@@ -336,7 +336,7 @@ def _check_ensembles(models: dict, where: str) -> None:
     for k, entry in enumerate(models["sources"] if isinstance(models["sources"], list) else []):
         if isinstance(entry, list):
             if len(entry) < 2 or not all(isinstance(m, str) for m in entry):
-                _fail(where, f"'models.sources[{k}]': an ensemble lists two or more model names, got {entry!r}")
+                _fail(where, f"'models.sources[{k}]': an ensemble lists 2+ model names, got {entry!r}")
             if len(set(entry)) != len(entry):
                 _fail(where, f"'models.sources[{k}]' names a member twice: {entry!r}")
             for j, member in enumerate(entry):

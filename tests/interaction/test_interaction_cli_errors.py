@@ -108,7 +108,7 @@ def finished_run(tmp_path_factory) -> Path:
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Experiment, "model",
+        mp.setattr(Experiment, "load_single",
                    lambda self, name: cache.setdefault(name, ChannelNet(seed=MODELS[name])))
         Experiment(load_config(path), root / "run", progress=False, config_path=str(path)).run()
     run = root / "run"

@@ -129,6 +129,10 @@ class Component:
         """Model inputs per image sent once per batch, before the steps (IR: its clean logits)."""
         return 0
 
+    def setup_inputs(self) -> int:
+        """Peak model inputs per image in one of those setup forwards (sizes micro-batches)."""
+        return self.setup_forwards()
+
     def pool_size(self) -> int:
         """Other images per image this component mixes with (Admix); the loop provides them as
         `ctx.pool`, drawn from the dataset by each image's own stream, never from its batch-mates."""
@@ -418,10 +422,14 @@ class Attack:
     def step(self, delta: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         point = ctx.x_adv = ctx.x + delta
         for c in self.components:
+            ctx.caller = c.name
             point = c.lookahead(point, ctx)
+        ctx.caller = None
         grad = self.gradient(point, ctx)
         for c in self.components:
+            ctx.caller = c.name
             grad = c.process(grad, ctx)
+        ctx.caller = None
         return self.update(delta, grad, ctx)
 
     def gradient(self, point: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
@@ -445,6 +453,12 @@ class Attack:
             inputs, copies = point, 1
             for c in self.components:
                 inputs, k = c.expand(inputs, ctx)
+                if k > c.batch_multiplier():
+                    raise ValueError(
+                        f"component {c.name!r} makes {k} copies per image in expand but declares "
+                        f"batch_multiplier() = {c.batch_multiplier()}: declare them, so micro-batches and "
+                        "costs count them"
+                    )
                 copies *= k
             exact = copies == 1
             for c in self.components:
@@ -463,10 +477,13 @@ class Attack:
                 value = self.objective(logits, rows_y, target, ctx)
             loss = value.view(copies, -1).mean(0)
             if regularise:
+                caller = ctx.caller
                 for c in self.components:
+                    ctx.caller = c.name
                     term = c.regulariser(point, logits if exact else None, ctx)
                     if term is not None:
                         loss = loss + term
+                ctx.caller = caller
             (grad,) = torch.autograd.grad(loss.sum(), point)
         return grad.detach()
 
@@ -525,7 +542,8 @@ class Attack:
     def inputs_per_image(self) -> int:
         """Peak model inputs per image in one forward: the data term's copies or a component's extra batch."""
         data = math.prod(c.batch_multiplier() for c in self.components)
-        return max(1, data, *(c.extra_forwards() for c in self.components))
+        return max(1, data, *(c.extra_forwards() for c in self.components),
+                   *(c.setup_inputs() for c in self.components))
 
     def images_per_forward(self) -> int:
         """Images per micro-batch: as many as fit `max_forward` model inputs (at least one); one if a

@@ -44,6 +44,9 @@ class WarmStart(Component):
         return int(round(self._first.steps * self._first.passes_per_step()
                          + sum(c.setup_forwards() for c in self._first.components)))
 
+    def setup_inputs(self) -> int:
+        return self._first.inputs_per_image()
+
     def init(self, ctx: AttackContext) -> torch.Tensor:
         attack = ctx.attack
         stage = self._build(ctx.eps, ctx.alpha, seed=attack.seed if attack else 0)

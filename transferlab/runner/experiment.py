@@ -105,12 +105,18 @@ class Experiment:
         return list(dict.fromkeys(names))
 
     def model(self, name: str) -> torch.nn.Module:
+        """The model `name` on the run's device: an ensemble of loaded members, or one loaded model."""
         members = (self.cfg["models"].get("ensembles") or {}).get(name)
-        if members and name not in self._models:
+        if not members:
+            return self.load_single(name)
+        if name not in self._models:
             from transferlab.ensemble import Ensemble
 
-            parts = [self.model(m) for m in members]
+            parts = [self.load_single(m) for m in members]
             self._models[name] = Ensemble(parts, name, self.cfg["models"]["fusion"]).to(self.device)
+        return self._models[name]
+
+    def load_single(self, name: str) -> torch.nn.Module:
         if name not in self._models:
             from transferlab.models import load_model
 

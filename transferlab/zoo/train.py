@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from transferlab.weights import load_checkpoint_with_digest, sha256_file
 from transferlab.zoo.archs import MS_PER_IMAGE_STEP, ZOO_ARCHS, ZooArch, resolve_arch, zoo_weights_dir
+
+if TYPE_CHECKING:
+    from transferlab.models import Preprocess
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -152,8 +156,11 @@ def load_jpeg_cache(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{root.name}-{len(items)}-{_fingerprint(root, items)}.npz"
     if path.is_file():
-        with np.load(path) as npz:
-            return torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"])
+        try:
+            with np.load(path) as npz:
+                return torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"])
+        except (OSError, ValueError, KeyError):  # damaged by something else: decode again
+            path.unlink(missing_ok=True)
     images = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
     for k, item in enumerate(items):
         with Image.open(item.path) as im:
@@ -321,7 +328,7 @@ def _write_log(out: Path, rows: list[dict]) -> None:
 
 
 def _manifest(cfg: TrainConfig, threads: int, zoo: ZooArch, extra: dict) -> dict:
-    from transferlab.provenance import git_commit, versions
+    from transferlab.provenance import git_commit, machine, versions
 
     return {
         "kind": f"transferlab zoo {cfg.mode}",
@@ -333,6 +340,7 @@ def _manifest(cfg: TrainConfig, threads: int, zoo: ZooArch, extra: dict) -> dict
         "threads": threads,
         "versions": versions(),
         "git": git_commit(REPO),
+        "machine": machine(),  # the CPU's ISA decides the last bits of every result
         "normalisation": "CIFAR mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010) on [0,1] images",
         **extra,
     }
@@ -358,6 +366,10 @@ def run(
         raise TrainError(f"mode must be 'train' or 'lgv', got {cfg.mode!r}")
     if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.per_epoch < 1:
         raise TrainError("--epochs must be >= 1, --batch-size >= 2 and snapshots per epoch >= 1")
+    if (cfg.limit is not None and cfg.limit < 2) or (cfg.test_limit is not None and cfg.test_limit < 1):
+        raise TrainError("--limit must be at least 2 images and --test-limit at least 1")
+    if threads < 1:
+        raise TrainError(f"--threads {threads}: the number of torch threads must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
@@ -368,7 +380,16 @@ def run(
         torch.set_num_threads(previous_threads)
 
 
-def _run(cfg, out, threads, cache_dir, progress, stop_after, zoo, preprocess) -> dict:  # noqa: C901
+def _run(
+    cfg: TrainConfig,
+    out: Path,
+    threads: int,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+    stop_after: int | None,
+    zoo: ZooArch,
+    preprocess: Preprocess,
+) -> dict:
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -475,7 +496,18 @@ def _run(cfg, out, threads, cache_dir, progress, stop_after, zoo, preprocess) ->
     return _finish(cfg, out, threads, zoo, net, log, snapshots, n, len(test_images))
 
 
-def _finish(cfg, out, threads, zoo, net, log, snapshots, n_train, n_test) -> dict:
+def _finish(
+    cfg: TrainConfig,
+    out: Path,
+    threads: int,
+    zoo: ZooArch,
+    net: nn.Module,
+    log: list[dict],
+    snapshots: list[dict],
+    n_train: int,
+    n_test: int,
+) -> dict:
+    """Write the final weights (train) or the snapshot manifest (lgv) and the run's manifest."""
     final = next((r for r in reversed(log) if not math.isnan(r["test_acc"])), None)
     test_acc = final["test_acc"] if final else None
     extra = {

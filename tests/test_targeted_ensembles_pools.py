@@ -1,0 +1,74 @@
+"""Targeted runs, source ensembles and image pools through `transferlab run` (tiny offline models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_experiment import run, tiny_models, write_config  # noqa: F401 (fixture)
+
+from transferlab.attacks.registry import COMPONENTS, _load_builtins
+from transferlab.plugins import load_plugins
+from transferlab.runner import RunError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+pytestmark = pytest.mark.usefixtures("tiny_models")
+
+
+def test_targeted_run_reports_targeted_and_untargeted_rates(tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path, targeted=True, target_class="random",
+                          attacks={"pgd": {"method": "pgd"}, "margin": {"method": "mi+margin"}})
+    report = run(config, out, "attack_defaults.steps=10")
+    results = report["results"]
+    assert {"targeted_success", "transfer_success", "error_rate"} <= set(results.metric)
+    records = pd.read_csv(out / "records.csv")
+    assert (records.target_class != records.label).all()
+    assert (records.hit == (records.adv_pred == records.target_class)).all()
+    white = results.query("metric == 'targeted_success' and white_box")
+    assert (white.success_rate > 0).all()  # the attack reaches its target classes on the source
+    table = (out / "table.md").read_text()
+    assert "TARGETED attack" in table and "## Targeted success" in table
+    eligible = pd.read_csv(out / "eligible.csv")
+    assert eligible.target.notna().all()
+    # the dataset has no target classes: a clear error, not a silent untargeted run
+    with pytest.raises(RunError, match="gives no target class"):
+        run(write_config(tmp_path, targeted=True), tmp_path / "no-targets")
+    # the same class for every image: images of that class are not attacked
+    run(write_config(tmp_path, targeted=True, target_class=1), tmp_path / "fixed")
+    fixed = pd.read_csv(tmp_path / "fixed" / "records.csv")
+    assert (fixed.target_class == 1).all() and (fixed.label != 1).all()
+
+
+def test_ensemble_source_runs_and_counts_its_members_as_white_box(tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path, **{"models.sources": [["tiny_a", "tiny_b"]],
+                                       "attacks": {"pgd": {"method": "pgd"}, "sgm": {"method": "mi"}}})
+    for fusion in ("logits", "probs", "loss"):
+        report = run(config, out / fusion, f"models.fusion={fusion}")
+        records = report["records"]
+        assert set(records.source) == {"tiny_a+tiny_b"}
+        assert (out / fusion / "adv" / "pgd" / "tiny_a+tiny_b").is_dir()
+        wb = records.groupby("target").white_box.first()
+        assert wb.to_dict() == {"tiny_a": True, "tiny_b": True, "tiny_c": False}
+
+
+def test_pool_component_extends_byte_identically(tmp_path):
+    _load_builtins()
+    before = dict(COMPONENTS)
+    load_plugins([str(EXAMPLES / "admix_batchmates.py")])
+    try:
+        config = write_config(tmp_path, attacks={"admix": {"method": "mi+admix_pool_example"}},
+                              **{"attack_defaults.batch_size": 3})
+        run(config, tmp_path / "fresh", "data.limit=8")
+        run(config, tmp_path / "ext", "data.limit=4")
+        run(config, tmp_path / "ext", "data.limit=8")
+        pngs = sorted((tmp_path / "fresh" / "adv").rglob("*.png"))
+        assert len(pngs) == 8
+        for png in pngs:
+            twin = tmp_path / "ext" / png.relative_to(tmp_path / "fresh")
+            assert png.read_bytes() == twin.read_bytes(), png.name
+    finally:
+        for key in set(COMPONENTS) - set(before):
+            del COMPONENTS[key]

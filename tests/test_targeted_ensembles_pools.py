@@ -52,6 +52,9 @@ def test_ensemble_source_runs_and_counts_its_members_as_white_box(tmp_path):
         assert (out / fusion / "adv" / "pgd" / "tiny_a+tiny_b").is_dir()
         wb = records.groupby("target").white_box.first()
         assert wb.to_dict() == {"tiny_a": True, "tiny_b": True, "tiny_c": False}
+        table = (out / fusion / "table.md").read_text()
+        assert "tiny_a (white-box)" in table and "tiny_b (white-box)" in table
+        assert "tiny_c (white-box)" not in table
 
 
 def test_pool_component_extends_byte_identically(tmp_path):

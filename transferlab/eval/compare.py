@@ -85,7 +85,7 @@ def gains_over(
                     "baseline": baseline,
                     "source": source,
                     "target": target,
-                    "white_box": source == target,
+                    "white_box": bool(group.white_box.iloc[0]) if "white_box" in group else source == target,
                     "n": len(pair),
                     "rate": pair[attack].mean(),
                     "baseline_rate": pair[baseline].mean(),
@@ -105,7 +105,8 @@ def gains_markdown(gains: pd.DataFrame) -> str:
     lines = []
     for source, group in gains.groupby("source", sort=False):
         targets = list(dict.fromkeys(group.target))
-        heads = [f"{t} (white-box)" if t == source else t for t in targets]
+        white = set(group[group.white_box.astype(bool)].target)
+        heads = [f"{t} (white-box)" if t in white else t for t in targets]
         lines += [
             f"**source: {source}**, gain over {group.baseline.iloc[0]} in points\n",
             "| attack | " + " | ".join(heads) + " |",

@@ -37,7 +37,8 @@ def markdown_table(results: pd.DataFrame, metric: str, reference: dict | None = 
         for t in targets:
             ns = sorted(set(group[group.target == t].n))
             n_text = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-            heads.append(f"{t}{' (white-box)' if t == source else ''} {n_text}")
+            white = bool(group[group.target == t].white_box.astype(bool).any())
+            heads.append(f"{t}{' (white-box)' if white else ''} {n_text}")
         lines.append(f"**source: {source}**\n")
         lines.append("| attack | " + " | ".join(heads) + " |")
         lines.append("|---|" + "---|" * len(targets))
@@ -174,7 +175,8 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "
             )
             ax.bar(xs, rows.success_rate, width, yerr=err, capsize=2, label=attack)
         ax.set_xticks(range(len(targets)))
-        ax.set_xticklabels([f"{t}\n(white-box)" if t == source else t for t in targets], fontsize=8)
+        white = set(group[group.white_box.astype(bool)].target)
+        ax.set_xticklabels([f"{t}\n(white-box)" if t in white else t for t in targets], fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(f"{metric.replace('_', ' ')} (95% CI)")
         ax.set_title(f"source: {source}", fontsize=10)

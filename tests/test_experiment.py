@@ -411,3 +411,20 @@ def test_gain_baseline_is_found_by_method_or_named(tmp_path, tiny_models, capsys
     run(write_config(tmp_path, attacks={"mi": {"method": "mi"}}), tmp_path / "none")
     assert pd.read_csv(tmp_path / "none" / "gains.csv").empty
     assert "no plain PGD attack" in (tmp_path / "none" / "table.md").read_text()
+
+
+def test_tables_keep_the_configs_attack_order(tmp_path, tiny_models):
+    """JSON records are written with sorted keys; the attacks keep the config's order everywhere."""
+    config = write_config(tmp_path, attacks={"zeta": {"method": "pgd"}, "alpha": {"method": "mi"}})
+    raw = yaml.safe_load(config.read_text())
+    raw["attacks"] = {"zeta": {"method": "pgd"}, "alpha": {"method": "mi"}}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "run"
+    run(config, out)
+    records = pd.read_csv(out / "records.csv")
+    assert list(dict.fromkeys(records.attack)) == ["zeta", "alpha"]
+    table = (out / "table.md").read_text()
+    assert table.index("| zeta |") < table.index("| alpha |")
+    from transferlab.rundir import RunDir
+
+    assert list(RunDir(out).read_config()["attacks"]) == ["zeta", "alpha"]

@@ -30,6 +30,7 @@ from transferlab.rundir import (
     make_dir,
     read_marker,
 )
+from transferlab.rundir.layout import ordered_config
 
 __all__ = ["IncompleteRun", "report_dirs"]
 
@@ -51,7 +52,7 @@ def report_dirs(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     runs = [RunDir(d) for d in dirs]
     plan, _ = _plan_records(runs[:1], None)  # the first directory's run is the reference
     _, writers = _plan_records(runs, plan)
-    cfg = writers[0]["config"]
+    cfg = ordered_config(writers[0])
     _check_same_run(runs, plan)
     check_complete(runs, cfg, writers)
     if target not in dirs:
@@ -72,7 +73,7 @@ def _check_same_run(runs: list[RunDir], plan: str) -> None:
     """Every directory holds a writer of `plan`, the same identity and the same eligible images."""
     first = runs[0]
     first_writers = [r for r in first.read_shards().values() if r.get("plan") == plan]
-    cfg = first_writers[0]["config"] if first_writers else None
+    cfg = ordered_config(first_writers[0]) if first_writers else None
     identity = (read_marker(first.root) or {}).get("identity")
     eligible = first.read_eligible()
     for run in runs:

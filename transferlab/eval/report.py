@@ -18,7 +18,7 @@ from transferlab.eval.records import assemble_records, missing_work  # noqa: E40
 from transferlab.eval.transfer import summarise  # noqa: E402
 from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
 from transferlab.rundir import RunDir, RunDirError, jobs_of  # noqa: E402
-from transferlab.rundir.layout import COST_FIELDS  # noqa: E402
+from transferlab.rundir.layout import COST_FIELDS, ordered_config  # noqa: E402
 
 
 def rate_cell(row: pd.Series) -> str:
@@ -291,7 +291,7 @@ def check_complete(runs: list[RunDir], cfg: dict, records: list[dict]) -> None:
 def report_run(run: RunDir, plan: str | None = None) -> dict[str, Any]:
     """Check that the run in `run` is complete and write its tables, plots and manifest."""
     plan, records = _plan_records([run], plan)
-    cfg = records[0]["config"]
+    cfg = ordered_config(records[0])
     check_complete([run], cfg, records)
     return write_reports(run, cfg, assemble_records(run, cfg), records)
 
@@ -329,6 +329,7 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     }
     manifest = {
         "config": cfg,
+        "attack_order": list(cfg["attacks"]),
         "config_path": primary.get("config_path"),
         "overrides": overrides,
         "seed": cfg["seed"],

@@ -199,7 +199,7 @@ class RunDir:
         config = manifest.get("config") if isinstance(manifest, dict) else None
         if not isinstance(config, dict):
             raise RunDirError(f"{path} has no config entry: cannot tell how the run was made")
-        return config
+        return ordered_config(manifest)
 
     def read_shards(self) -> dict[str, dict]:
         folder = self.root / "shards"
@@ -211,6 +211,16 @@ class RunDir:
 
     def load_clean(self, ids: list[str]) -> np.ndarray:
         return np.stack([read_png(self.clean_png(i)) for i in ids])
+
+
+def ordered_config(record: dict) -> dict:
+    """The resolved config a writer record or manifest holds, with its attacks in the config's order
+    (JSON files are written with sorted keys; `attack_order` keeps the order tables and records use)."""
+    cfg = dict(record["config"])
+    order = record.get("attack_order") or list(cfg.get("attacks", {}))
+    attacks = cfg.get("attacks", {})
+    cfg["attacks"] = {name: attacks[name] for name in order if name in attacks}
+    return cfg
 
 
 def legacy_cost(job: dict) -> dict:

@@ -279,6 +279,7 @@ class Experiment:
             "started": self.started,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": self.cfg,
+            "attack_order": list(self.cfg["attacks"]),  # (JSON keys are written sorted)
             "config_path": self.config_path,
             "overrides": self.overrides,
             "host": socket.gethostname(),

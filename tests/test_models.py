@@ -21,7 +21,14 @@ from torch import nn
 from transferlab import weights as weights_mod
 from transferlab.archs.cifar_resnet import cifar_resnet
 from transferlab.archs.cifar_shufflenet import cifar_shufflenetv2
-from transferlab.models import Classifier, Preprocess, format_models_table, list_models, load_model
+from transferlab.models import (
+    CIFAR_TEST_ACCURACY,
+    Classifier,
+    Preprocess,
+    format_models_table,
+    list_models,
+    load_model,
+)
 from transferlab.weights import (
     EFFICIENTNET_LITE_REPEATS,
     ChecksumError,
@@ -37,15 +44,8 @@ CIFAR_JPG = SHARED / "data" / "cifar10-test-jpg"
 CIFAR_WEIGHTS = SHARED / "weights" / "cifar10"
 
 # Top-1 on the 10k CIFAR-10 JPEG q75 test set, from shared/README.md.
-README_CIFAR_ACCURACY = {
-    "cifar10_resnet20": 0.810,
-    "cifar10_resnet32": 0.826,
-    "cifar10_resnet44": 0.827,
-    "cifar10_resnet56": 0.832,
-    "cifar10_resnet20_b": 0.811,
-    "cifar10_resnet56_b": 0.837,
-    "cifar10_shufflenetv2_x0_5": 0.834,
-}
+#: the 10k-image accuracies `transferlab models` shows (from shared/README.md)
+README_CIFAR_ACCURACY = CIFAR_TEST_ACCURACY
 
 
 def _need(path: Path | None, what: str) -> Path:

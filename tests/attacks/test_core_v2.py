@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,15 +14,10 @@ from transferlab.attacks.registry import build_attack
 from transferlab.errors import ConfigError
 from transferlab.testing import TinyResNet, tiny_batch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_attack_battery import single_thread  # noqa: E402, F401 (autouse: one thread for tiny models)
+
 EPS, ALPHA = 8 / 255, 2 / 255
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(method, steps=3, params=None, **kw):

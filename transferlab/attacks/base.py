@@ -498,10 +498,6 @@ class Attack:
             return -F.cross_entropy(logits, target, reduction="none")
         return F.cross_entropy(logits, y, reduction="none")
 
-    def data_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-input cross-entropy (kept for components that score logits the default way)."""
-        return F.cross_entropy(logits, y, reduction="none")
-
     def init_delta(self, ctx: AttackContext) -> torch.Tensor:
         owner = self.owners.get("init")
         if owner is not None:

@@ -46,9 +46,6 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
 
-    def __truediv__(self, name: str) -> Path:
-        return self.root / name
-
     # ------------------------------------------------------------------ paths
     @property
     def marker(self) -> Path:
@@ -104,9 +101,6 @@ class RunDir:
             return None
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{path} is unreadable ({exc}); delete it to have it recomputed") from None
-
-    def read_manifest(self) -> dict | None:
-        return self._json(self.manifest_json)
 
     def read_clean(self) -> pd.DataFrame | None:
         path = self.clean_csv

@@ -214,7 +214,7 @@ class Experiment:
                                 "they are recomputed per block")
             with self._selecting():
                 check_split(self.out, self.shard, self.plan)
-                _, self.legacy = check_identity(self.out, self.cfg_identity(), self.digests)
+                _, self.legacy = check_identity(self.out, data_identity(self.cfg), self.digests)
                 eligible = self.select_images()
             self.write_record("running", eligible)
             self._check_share(eligible)
@@ -242,9 +242,6 @@ class Experiment:
                     f"of batch_size {size}, fewer than the {self.shard.count} shards; lower batch_size to "
                     "spread the work"
                 )
-
-    def cfg_identity(self) -> dict:
-        return data_identity(self.cfg)
 
     @contextlib.contextmanager
     def _selecting(self):

@@ -54,6 +54,7 @@ SCHEMA: dict[str, Any] = {
         "weights": ANY,  # {model name: local checkpoint path}
         "fusion": "logits",  # how an ensemble source fuses its members: logits | probs | loss
         "ensembles": ANY,  # filled from list entries of `sources`: {name: [members]}
+        "memory_format": "contiguous",  # contiguous | channels_last (NHWC: faster on CPU for MBConv nets)
     },
     "attack_defaults": dict(LOOP_KEYS),
     "attacks": ANY,  # {name: {method: ..., <loop keys>, <component>: {params}}}
@@ -73,6 +74,7 @@ CHOICES = {
     "data.on_error": ("raise", "skip"),
     "attack_defaults.norm": ("linf", "l2"),
     "models.fusion": ("logits", "probs", "loss"),
+    "models.memory_format": ("contiguous", "channels_last"),
     "device": ("auto", "cpu", "cuda", "mps"),
 }
 

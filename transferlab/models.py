@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 class UnknownModelError(TransferlabError, ValueError):
@@ -126,6 +127,7 @@ class Classifier(nn.Module):
         self.weights_sha256 = weights_sha256
         self.register_buffer("norm_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        self.memory_format = "contiguous"
         self.eval()
         self.requires_grad_(False)
 
@@ -141,10 +143,24 @@ class Classifier(nn.Module):
         """Standardise channels with the model's mean/std."""
         return (x - self.norm_mean) / self.norm_std
 
+    def use_memory_format(self, memory_format: str) -> Classifier:
+        """'channels_last' runs the network on NHWC tensors (EfficientNet-Lite0 forward+backward at 224 px,
+        1 CPU thread, 20 images: 61 vs 90 ms/image); 'contiguous' is torch's default NCHW. The floats differ
+        in the last bits between the two, so the format is part of a run's identity."""
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+        fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+        self.net.to(memory_format=fmt)
+        self.memory_format = memory_format
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name} expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
-        return self.net(self.normalize(self.resize(x)))
+        x = self.normalize(self.resize(x))
+        if self.memory_format == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
     def extra_repr(self) -> str:
         return (

@@ -1,8 +1,10 @@
 """Interaction reduction (IR; Wang et al., ICLR 2021): maximise CE − λ·Î(δ), Î an interaction estimate.
 
 Players are the cells of a g×g grid over δ = point − x (point includes NI's look-ahead); v(S) = s(x + δ_S)
-with the score s = z_other − z_y, the "other" class fixed per step and per image as the argmax over c ≠ y
-of the full-perturbation logits (DESIGN §2). Variants (``variant``):
+is the game of ``transferlab.interaction.game_spec.GameSpec`` — the one `transferlab interaction`
+measures — with the score s = z_other − z_y and, by default, the "other" class fixed per step and per
+image as the argmax over c ≠ y of the full-perturbation logits (``other: fixed``, the reference code's;
+``per-coalition`` re-picks it for every masked input, the paper's equation). Variants (``variant``):
 
 - ``official``: K masks M_k per image, each the union of m cells drawn with replacement;
   Î = mean_k [s(x+δ) − s(x+δ⊙(1−M_k)) − s(x+δ⊙M_k) + s(x)]. Its scale is not the pairwise
@@ -38,18 +40,10 @@ import torch.nn.functional as F
 from transferlab.attacks.base import AttackContext, Component, rows_per_image
 from transferlab.attacks.registry import register
 from transferlab.errors import ConfigError
+from transferlab.interaction.game_spec import GameSpec
 from transferlab.interaction.players import coalition_masks, grid_cells, grid_masks
-from transferlab.interaction.scores import logodds, margin, other_class
 
 VARIANTS = ("official", "pairwise", "control")
-IR_SCORES = ("margin", "logodds")
-
-
-def attack_score(name: str, logits: torch.Tensor, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Score oriented so that larger = more adversarial: the margin z_other − z_y, or −log p_y/(1−p_y)."""
-    if name == "margin":
-        return margin(logits, y, other)
-    return -logodds(logits, y)
 
 
 @register("ir")
@@ -57,7 +51,8 @@ def attack_score(name: str, logits: torch.Tensor, y: torch.Tensor, other: torch.
 class InteractionReduction(Component):
     """IR: objective CE − lam·Î. variant official|pairwise|control; grid g (None: 16 if H ≥ 128 else 8);
     cells m per mask (None: 32 on a 16-grid, g²//4 otherwise); masks K (32); players |P| for pairwise
-    (32: the cost of `official` with K=32; None or >= n: all n cells)."""
+    (32: the cost of `official` with K=32; None or >= n: all n cells); score margin|logodds (larger = more
+    adversarial); other fixed|per-coalition (None: fixed for the margin, the reference's)."""
 
     variant: str = "official"
     lam: float = 1.0
@@ -66,6 +61,7 @@ class InteractionReduction(Component):
     masks: int = 32
     players: int | None = 32
     score: str = "margin"
+    other: str | None = None
 
     order = 70
     default_random_start = False
@@ -74,8 +70,6 @@ class InteractionReduction(Component):
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"{self.name}: variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.score not in IR_SCORES:
-            raise ConfigError(f"{self.name}: score must be one of {IR_SCORES}, got {self.score!r}")
         for key in ("grid", "cells", "players"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -84,10 +78,15 @@ class InteractionReduction(Component):
             raise ConfigError(f"{self.name}: masks must be >= 1, got {self.masks}")
         if self.lam < 0:
             raise ConfigError(f"{self.name}: lam must be >= 0 (the sign is fixed: interaction is reduced)")
+        try:
+            self.game = GameSpec.resolve(self.score, self.other, self.grid, role="ir")
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
+        self.other = self.game.other  # resolved: the run's identity names the policy played
 
     # ------------------------------------------------------------------ sizes
-    def grid_for(self, height: int) -> int:
-        return self.grid if self.grid is not None else (16 if height >= 128 else 8)
+    def grid_for(self, height: int, width: int | None = None) -> int:
+        return self.game.grid_for(height, height if width is None else width)
 
     def cells_per_mask(self, grid: int) -> int:
         if self.cells is not None:
@@ -116,7 +115,7 @@ class InteractionReduction(Component):
 
     def setup(self, ctx: AttackContext) -> None:
         h, w = ctx.x.shape[-2:]
-        g = self.grid_for(h)
+        g = self.grid_for(h, w)
         cells = grid_cells(h, w, g, device=ctx.x.device)
         n = g * g
         if self.variant == "pairwise" and n < 2:
@@ -185,11 +184,13 @@ class InteractionReduction(Component):
             raise ValueError(f"{self.name}: the control variant has no interaction term")
         full, z, y, clean = self._masked_logits(point, logits, ctx, need_full=True)
         rows, _, p, classes = z.shape
-        other = other_class(full, y)
-        s_full = attack_score(self.score, full, y, other)
-        s_clean = attack_score(self.score, clean, y, other)
-        s_masked = attack_score(
-            self.score, z.reshape(-1, classes), y.repeat_interleave(2 * p), other.repeat_interleave(2 * p)
+        game = self.game
+        other = game.other_class(full, y)  # None under per-coalition
+        s_full = game.value(full, y, other)
+        s_clean = game.value(clean, y, other)
+        s_masked = game.value(
+            z.reshape(-1, classes), y.repeat_interleave(2 * p),
+            None if other is None else other.repeat_interleave(2 * p),
         ).view(rows, 2, p)
         terms = s_full[:, None] - s_masked[:, 0] - s_masked[:, 1] + s_clean[:, None]  # (rows, P)
         if self.variant == "pairwise":

@@ -15,8 +15,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .game_spec import GameSpec, default_grid
 from .players import coalition_masks, grid_cells
-from .scores import get_score
+
+__all__ = ["BatchedPerturbationGame", "Game", "GameSpec", "PerturbationGame", "PolynomialGame", "TableGame",
+           "default_grid"]
 
 
 @runtime_checkable
@@ -26,11 +29,6 @@ class Game(Protocol):
     n_players: int
 
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor: ...
-
-
-def default_grid(height: int, width: int) -> int:
-    """Default grid side: 16 (14-px cells at 224 px) for images ≥ 128 px, else 8 (4-px cells at 32 px)."""
-    return 16 if min(height, width) >= 128 else 8
 
 
 def _check_coalitions(coalitions: torch.Tensor, n: int) -> torch.Tensor:
@@ -133,7 +131,10 @@ class BatchedPerturbationGame:
 
     x, delta: (B, C, H, W), pixels in [0, 1] (delta = x_adv − x). Players are the cells of a grid×grid
     partition (default ``default_grid``) or arbitrary ``masks`` (n, H, W) / (n, 1|C, H, W), with
-    δ_S = δ·Σ_{i∈S} m_i. ``__call__`` maps K coalitions to (B, K) float64 values; images × coalitions are
+    δ_S = δ·Σ_{i∈S} m_i. The score and the "other" class policy are a ``GameSpec`` (``game_spec.py``;
+    ``other`` None: per-coalition for the margin, the paper's definition); under ``fixed`` the other class
+    of each image is taken once from v(N)'s logits, one extra forward per image (counted in ``forwards``).
+    ``__call__`` maps K coalitions to (B, K) float64 values; images × coalitions are
     flattened into the model's batch, at most ``chunk`` images per forward, under ``torch.no_grad``. The
     model must be in eval mode (a BatchNorm in train mode would make a value depend on the batch-mates).
     ``evaluations`` counts coalition evaluations per image (K per call); ``forwards`` counts model inputs.
@@ -141,7 +142,7 @@ class BatchedPerturbationGame:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                  grid: int | None = None, masks: torch.Tensor | None = None, score: str = "margin",
-                 chunk: int = 256):
+                 chunk: int = 256, other: str | None = None):
         if x.dim() != 4 or x.shape != delta.shape:
             raise ValueError(f"x and delta must both be (B, C, H, W), got {tuple(x.shape)} and "
                              f"{tuple(delta.shape)}")
@@ -150,14 +151,16 @@ class BatchedPerturbationGame:
         self.y = torch.as_tensor(y, device=x.device).long().reshape(-1)
         if self.y.numel() != x.shape[0]:
             raise ValueError(f"need one label per image: {x.shape[0]} images, {self.y.numel()} labels")
-        self.score_name, self._score = score, get_score(score)
+        self.spec = GameSpec.resolve(score, other, grid, role="measure")
+        self.score_name = score
         self.chunk = max(1, int(chunk))
+        self._other: torch.Tensor | None = None  # the fixed policy's class per image, from v(N)
         if masks is not None:
             self.masks = _as_player_masks(masks, height, width).to(x.device)
             self.cells, self.grid = None, None
             self.n_players = self.masks.shape[0]
         else:
-            self.grid = int(grid) if grid is not None else default_grid(height, width)
+            self.grid = self.spec.grid_for(height, width)
             self.cells, self.masks = grid_cells(height, width, self.grid, device=x.device), None
             self.n_players = self.grid**2
         self.evaluations = 0
@@ -175,15 +178,31 @@ class BatchedPerturbationGame:
         flat = c.to(self.masks.dtype) @ self.masks.flatten(1)
         return flat.view(c.shape[0], *self.masks.shape[1:]).to(self.x.dtype)
 
-    def _forward_chunk(self, coalitions: torch.Tensor) -> torch.Tensor:
-        """(B, k) values for k coalitions, one forward."""
+    def _logits(self, coalitions: torch.Tensor) -> torch.Tensor:
+        """(B·k, classes) float64 logits of k coalitions (image-major), one forward."""
         masks = self.pixel_masks(coalitions)  # (k, 1|C, H, W)
         images = self.x[:, None] + self.delta[:, None] * masks[None]  # (B, k, C, H, W)
-        b, k = images.shape[:2]
-        logits = self.model(images.flatten(0, 1)).double()
+        self.forwards += images.shape[0] * images.shape[1]
+        return self.model(images.flatten(0, 1)).double()
+
+    @property
+    def other(self) -> torch.Tensor | None:
+        """The fixed policy's other class per image (B,), argmax_{c≠y} of v(N)'s logits; None otherwise."""
+        if self.spec.other == "fixed" and self._other is None:
+            everyone = torch.ones(1, self.n_players, dtype=torch.bool, device=self.x.device)
+            with torch.no_grad():
+                self._other = self.spec.other_class(self._logits(everyone), self.y)
+        return self._other
+
+    def _forward_chunk(self, coalitions: torch.Tensor) -> torch.Tensor:
+        """(B, k) values for k coalitions, one forward."""
+        b, k = self.batch_size, coalitions.shape[0]
+        logits = self._logits(coalitions)
         labels = self.y[:, None].expand(b, k).reshape(-1)
-        self.forwards += b * k
-        return self._score(logits, labels).view(b, k)
+        other = self.other
+        if other is not None:
+            other = other[:, None].expand(b, k).reshape(-1)
+        return self.spec.value(logits, labels, other).view(b, k)
 
     @torch.no_grad()
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
@@ -201,11 +220,11 @@ class PerturbationGame(BatchedPerturbationGame):
 
     def __init__(self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: int | torch.Tensor,
                  grid: int | None = None, masks: torch.Tensor | None = None, score: str = "margin",
-                 chunk: int = 256):
+                 chunk: int = 256, other: str | None = None):
         if x.dim() != 3:
             raise ValueError(f"x must be one image (C, H, W), got {tuple(x.shape)}")
         super().__init__(model, x[None], delta[None], torch.as_tensor(y).reshape(1), grid=grid, masks=masks,
-                         score=score, chunk=chunk)
+                         score=score, chunk=chunk, other=other)
 
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
         return super().__call__(coalitions)[0]

@@ -1,4 +1,4 @@
-"""Scalar scores s(logits, y) of the source model used as game values."""
+"""Scalar scores s(logits, y) of the source model used as game values, larger = more adversarial."""
 
 from __future__ import annotations
 
@@ -27,15 +27,9 @@ def margin(logits: torch.Tensor, y: torch.Tensor, other: torch.Tensor | None = N
 
 
 def logodds(logits: torch.Tensor, y: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
-    """log p_y / (1 − p_y), computed stably as z_y − logsumexp_{c≠y} z_c."""
+    """log (1 − p_y) / p_y, the negated log-odds of the true class, computed stably as
+    logsumexp_{c≠y} z_c − z_y. Positive = misclassified-leaning (p_y < 1/2); ``other`` is ignored."""
     z_y = logits.gather(-1, y[..., None])[..., 0]
     rest = logits.scatter(-1, y[..., None], float("-inf"))
-    return z_y - torch.logsumexp(rest, -1)
+    return torch.logsumexp(rest, -1) - z_y
 
-
-def get_score(name: str):
-    if name == "margin":
-        return margin
-    if name == "logodds":
-        return logodds
-    raise ValueError(f"unknown score {name!r}; choose one of {SCORES}")

@@ -58,6 +58,8 @@ def job_key(cfg: dict, job: Job, weights_digest: str | None) -> str:
         payload["weights_digest"] = weights_digest
     if cfg.get("targeted"):  # (absent when untargeted: the keys of earlier runs stay valid)
         payload["targeted"] = {"target_class": cfg["target_class"]}
+    if cfg["models"].get("memory_format", "contiguous") != "contiguous":  # (absent by default, as above)
+        payload["memory_format"] = cfg["models"]["memory_format"]
     members = (cfg["models"].get("ensembles") or {}).get(job.source)
     if members:
         payload["ensemble"] = {"members": members, "fusion": cfg["models"]["fusion"]}
@@ -81,4 +83,6 @@ def plan_digest(cfg: dict, digests: dict[str, str]) -> str:
         "eval": cfg["eval"],
         "seed": cfg["seed"],
     }
+    if cfg["models"].get("memory_format", "contiguous") != "contiguous":
+        payload["memory_format"] = cfg["models"]["memory_format"]
     return _digest(payload)

@@ -121,9 +121,13 @@ class Experiment:
             from transferlab.models import load_model
 
             weights = (self.cfg["models"].get("weights") or {}).get(name)
-            self._models[name] = load_model(
+            model = load_model(
                 name, weights=weights, weights_dir=self.cfg["models"]["weights_dir"], device=self.device
             )
+            fmt = self.cfg["models"].get("memory_format", "contiguous")
+            if fmt != "contiguous":
+                model.use_memory_format(fmt)
+            self._models[name] = model
         return self._models[name]
 
     def load_models(self) -> dict[str, str]:

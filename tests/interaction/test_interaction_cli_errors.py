@@ -33,7 +33,7 @@ RANGE_16PX = ("16x16 px", "2..16")
 
 CASES = [
     # a valid call on the same fixture, so the refusals below are not an artefact of a broken run
-    (I + [RUN, "--grid", "4"], 0, "interaction (average, grid 4, margin): 3 rows"),
+    (I + [RUN, "--grid", "4"], 0, "interaction (average, grid 4, margin, other class per-coalition): 3 rows"),
     # argparse's own errors (usage line, exit 2)
     (I + [RUN, "--grid", "abc"], 2, "argument --grid: invalid int value: 'abc'"),
     # grid

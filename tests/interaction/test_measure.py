@@ -15,7 +15,7 @@ from transferlab.interaction import measure
 from transferlab.interaction.commands import parse_pairs, register
 from transferlab.interaction.estimators import average_interaction
 from transferlab.interaction.games import PerturbationGame
-from transferlab.interaction.measure import measure_run
+from transferlab.interaction.measure import InteractionError, measure_run
 from transferlab.io import atomic_write_json, atomic_write_png
 
 IDS = [f"img{k:02d}" for k in range(6)]
@@ -28,6 +28,11 @@ def tiny_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                          nn.Linear(24, 10))
+
+
+class _Double(nn.Module):
+    def forward(self, x):
+        return x.double()
 
 
 class Loader:
@@ -188,3 +193,38 @@ def test_parse_pairs():
     assert parse_pairs(["0,1", "5-9"]) == [(0, 1), (5, 9)]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_pairs(["0,1,2"])
+
+
+def test_other_class_policy_is_a_separate_measurement_of_its_own_game(run_dir):
+    """--other fixed measures the game IR penalises: its own rows beside per-coalition, equal to that game."""
+    run, labels = run_dir
+
+    from transferlab.io import read_png
+
+    # linear logits W·x with W ⟂ every clean image: all classes tie at x, so z(x + δ_S) = W·δ_S and the
+    # fixed game is additive (no interaction) while the per-coalition max is not
+    clean = torch.stack([torch.from_numpy(read_png(run / "clean" / f"{i}.png").copy()).permute(2, 0, 1)
+                         .double().flatten() / 255 for i in IDS])
+    w = torch.randn(10, clean.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w -= w @ torch.linalg.pinv(clean) @ clean
+
+    def loader(name, **_):
+        net = nn.Sequential(nn.Flatten(), nn.Linear(clean.shape[1], 10, bias=False)).double()
+        with torch.no_grad():
+            net[1].weight.copy_(w)
+        return nn.Sequential(_Double(), net).requires_grad_(False)
+
+    repicked = measure_run(run, grid=4, model_loader=loader, batch_size=4, progress=False)
+    fixed = measure_run(run, grid=4, model_loader=loader, batch_size=4, progress=False, other="fixed")
+    assert set(repicked.other) == {"per-coalition"} and set(fixed.other) == {"fixed"}
+    on_disk = pd.read_csv(run / "interaction.csv", dtype={"image_id": str})
+    assert len(on_disk) == 24 and on_disk.setting.nunique() == 2  # both kept, neither overwrote the other
+    assert fixed.value.abs().max() < 1e-9 < 1e-3 < repicked.value.abs().max()
+    x = torch.from_numpy(read_png(run / "clean" / "img02.png").copy()).permute(2, 0, 1).float() / 255
+    adv = torch.from_numpy(read_png(run / "adv" / "pgd" / "src" / "img02.png").copy())
+    game = PerturbationGame(loader("src").eval(), x, adv.permute(2, 0, 1).float() / 255 - x, int(labels[2]),
+                            grid=4, other="fixed")
+    got = fixed[(fixed.image_id == "img02") & (fixed.attack == "pgd")].value.item()
+    assert got == pytest.approx(average_interaction(game).value, rel=1e-4, abs=1e-6)
+    with pytest.raises(InteractionError, match="margin score only"):
+        measure_run(run, grid=4, model_loader=Loader(), progress=False, score="logodds", other="fixed")

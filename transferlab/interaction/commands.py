@@ -10,6 +10,7 @@ import json
 import math
 
 from ..rundir import RunDir
+from .game_spec import OTHER_POLICIES
 from .measure import ESTIMATORS, InteractionError
 from .scores import SCORES
 
@@ -46,7 +47,12 @@ def register(subparsers) -> None:
     p.add_argument("--orders", type=int, nargs="+", default=None, help="orders m for --estimator orders")
     p.add_argument("--players", type=int, default=None,
                    help="average: sample this many rows i instead of all n (unbiased, with stderr)")
-    p.add_argument("--score", choices=SCORES, default="margin")
+    p.add_argument("--score", choices=SCORES, default="margin",
+                   help="margin z_other − z_y, or logodds log(1−p_y)/p_y; both larger = more adversarial")
+    p.add_argument("--other", choices=OTHER_POLICIES, default=None,
+                   help="the margin's other class: per-coalition (default; the paper's max over c≠y for "
+                        "every coalition) or fixed (argmax over c≠y at the full perturbation: the game IR "
+                        "penalises)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batched game")
     p.add_argument("--chunk", type=int, default=256, help="model inputs per forward")
     p.add_argument("--seed", type=int, default=0)
@@ -81,8 +87,10 @@ def run_interaction(args: argparse.Namespace) -> int:
     frame = measure_run(args.run_dir, grid=args.grid, estimator=args.estimator,
                         pairs=pairs, samples=args.samples, orders=args.orders,
                         score=args.score, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                        players=args.players, chunk=args.chunk, progress=not args.no_progress)
-    print(f"interaction ({args.estimator}, grid {frame.grid.iloc[0]}, {args.score}): {len(frame)} rows "
+                        players=args.players, chunk=args.chunk, progress=not args.no_progress,
+                        other=args.other)
+    game = args.score if frame.other.isna().all() else f"{args.score}, other class {frame.other.iloc[0]}"
+    print(f"interaction ({args.estimator}, grid {frame.grid.iloc[0]}, {game}): {len(frame)} rows "
           f"-> {args.run_dir}/interaction.csv")
     manifest = json.loads(RunDir(args.run_dir).interaction_manifest.read_text())
     if manifest["measured"]:

@@ -26,12 +26,13 @@ from ..io import atomic_write_csv, atomic_write_json, read_png
 from ..provenance import provenance
 from ..rundir import RunDir, RunDirError, RunLock, check_model
 from .estimators import average_interaction, order_interactions, random_pairs, sampled_interaction
+from .game_spec import GameSpec
 from .games import BatchedPerturbationGame, default_grid
 from .scores import SCORES
 
 ESTIMATORS = ("average", "pairs", "orders")
-COLUMNS = ["image_id", "attack", "source", "estimator", "grid", "score", "value", "stderr", "evaluations",
-           "i", "j", "order", "n_players", "setting"]
+COLUMNS = ["image_id", "attack", "source", "estimator", "grid", "score", "other", "value", "stderr",
+           "evaluations", "i", "j", "order", "n_players", "setting"]
 KEYS = ["image_id", "attack", "source"]
 DEFAULT_SAMPLES = {"pairs": 32, "orders": 16}
 DEFAULT_PAIR_COUNT = {"pairs": 8, "orders": 4}
@@ -217,9 +218,10 @@ def resolve_orders(orders: Sequence[int] | None, n: int) -> list[int]:
     return orders
 
 
-def _settings(estimator: str, grid: int, score: str, pairs, orders, samples, players, seed) -> dict[str, Any]:
+def _settings(estimator: str, grid: int, game: GameSpec, pairs, orders, samples, players,
+              seed) -> dict[str, Any]:
     """The settings that identify a measurement (the resume key) and its compact string form."""
-    s: dict[str, Any] = {"estimator": estimator, "grid": grid, "score": score}
+    s: dict[str, Any] = {"estimator": estimator, "grid": grid, "score": game.score, "other": game.other}
     if estimator == "average":
         s["players"] = players
         if players is not None:
@@ -267,7 +269,8 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
                 pairs: int | Sequence[tuple[int, int]] | None = None, samples: int | None = None,
                 orders: Sequence[int] | None = None, score: str = "margin", batch_size: int = 8,
                 device: str = "cpu", seed: int = 0, players: int | None = None, chunk: int = 256,
-                model_loader: ModelLoader | None = None, progress: bool = True) -> pd.DataFrame:
+                model_loader: ModelLoader | None = None, progress: bool = True,
+                other: str | None = None) -> pd.DataFrame:
     """Measure every attacked image's interaction on its source model; write RUN_DIR/interaction.csv.
 
     estimator: 'average' (exact average pairwise interaction, 2n+2 evaluations; ``players=k`` samples k rows),
@@ -275,6 +278,9 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     I^(m)_ij for ``orders``, default a spread over 0..n−2). grid: cells per side (default 16 for images
     ≥ 128 px, else 8). Images are batched ``batch_size`` at a time, ``chunk`` model inputs per forward.
     ``evaluations`` in a row is that row's cost per image. Returns the rows of these settings.
+    score and other define the game (``game_spec.GameSpec``): every score larger = more adversarial; other
+    'per-coalition' (the margin's default, the paper's v(S) = max_{y'≠y} z_{y'}(x+δ_S) − z_y(x+δ_S)) or
+    'fixed' (y* from the full perturbation, the game IR penalises).
 
     Every setting, the run folder (records.csv, manifest.json) and the images still to measure are checked
     before a model is loaded or a file written; an InteractionError names the bad value and its flag or file.
@@ -283,6 +289,10 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
         raise InteractionError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     if score not in SCORES:
         raise InteractionError(f"unknown score {score!r}; choose one of {SCORES}")
+    try:
+        game = GameSpec.resolve(score, other, role="measure")
+    except ValueError as exc:
+        raise InteractionError(f"--score {score} --other {other}: {exc}") from None
     _check_counts(batch_size, chunk, samples, players, pairs)
     _check_applies(estimator, pairs=pairs, samples=samples, orders=orders, players=players)
     run_dir = Path(run_dir)
@@ -301,7 +311,7 @@ def measure_run(run_dir: str | Path, grid: int | None = None, estimator: str = "
     pairs_list = resolve_pairs(pairs, n, estimator, seed) if estimator != "average" else []
     orders = resolve_orders(orders, n) if estimator == "orders" else []
     samples = samples if samples is not None else DEFAULT_SAMPLES.get(estimator)
-    settings = _settings(estimator, grid, score, pairs_list, orders, samples, players, seed)
+    settings = _settings(estimator, grid, game, pairs_list, orders, samples, players, seed)
 
     out_path = RunDir(run_dir).interaction_csv
     table = _existing(out_path)
@@ -399,9 +409,10 @@ def _measure_batch(run_dir: Path, model: nn.Module, batch: pd.DataFrame, attack:
                        for i in batch.image_id])
     y = torch.tensor(batch.label.to_numpy(dtype=np.int64).tolist(), device=device)
     game = BatchedPerturbationGame(model, clean, adv.to(device) - clean, y, grid=settings["grid"],
-                                   score=settings["score"], chunk=chunk)
+                                   score=settings["score"], chunk=chunk, other=settings["other"])
     base = {"attack": attack, "source": source, "estimator": settings["estimator"], "grid": settings["grid"],
-            "score": settings["score"], "n_players": game.n_players, "setting": settings["setting"]}
+            "score": settings["score"], "other": settings["other"], "n_players": game.n_players,
+            "setting": settings["setting"]}
     rows = []
     for image_id, per_image in zip(batch.image_id, _estimate_rows(game, settings), strict=True):
         rows += [{"image_id": image_id, **base, **row} for row in per_image]

@@ -190,6 +190,7 @@ def _join(path: str, key: Any) -> str:
 
 def _check_attacks(cfg: dict, where: str) -> None:
     from transferlab.attacks.registry import make_component, parse_method, resolve_component
+    from transferlab.attacks.scaled import resolve_relative
 
     attacks = cfg["attacks"]
     if not isinstance(attacks, dict) or not attacks:
@@ -226,7 +227,8 @@ def _check_attacks(cfg: dict, where: str) -> None:
                 _fail(where, f"unknown key '{path}.{key}'{hint}; allowed: {allowed}")
             if not isinstance(value, dict):
                 _fail(where, f"'{path}.{key}' must be a mapping of parameters")
-            make_component(key, value, where=f"{where}: '{path}.{key}': ")
+            at = f"{where}: '{path}.{key}': "
+            make_component(key, resolve_relative(resolve_component(key), key, value, resolved["eps"], at), at)
             params[key] = value
         resolved["params"] = params
         attacks[name] = resolved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab.attacks.scaled import relative_factor
 from transferlab.runner.resolve import attack_from_spec
 
 
@@ -68,6 +69,10 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
         passes = attack.passes_per_step() * attack.steps
         total += passes * limit * len(cfg["models"]["sources"])
         params = {c.name: c.params() for c in attack.components}
+        for comp, given in spec["params"].items():  # budget-relative values: the expression beside its value
+            for key, value in (given or {}).items():
+                if relative_factor(value) is not None and comp in params:
+                    params[comp][key] = f"{params[comp][key]:g} (= {value.strip()} at eps {spec['eps']:g})"
         print(
             f"  {name:<14} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 "
             f"steps={spec['steps']} "

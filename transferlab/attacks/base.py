@@ -112,6 +112,9 @@ class Component:
     #: attack one image per micro-batch, so that every model call holds only that image's inputs and
     #: its floats cannot depend on batch-mates through batch-shape-dependent kernels (IR)
     per_image: ClassVar[bool] = False
+    #: parameters in 1/255 pixel units that a config may give relative to the budget, `sigma: 0.9375eps`
+    #: (`transferlab.attacks.scaled`): absolute scales set for ε=16/255 do not carry over to other budgets
+    pixel_params: ClassVar[tuple[str, ...]] = ()
 
     def batch_multiplier(self) -> int:
         """Factor on the data term's model batch (VR: copies; VT: its neighbour call). Sizes micro-batches."""

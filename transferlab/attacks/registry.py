@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transferlab.attacks.base import Attack, Component
+from transferlab.attacks.scaled import resolve_relative
 from transferlab.errors import ConfigError
 
 COMPONENTS: dict[str, type[Component]] = {}
@@ -125,14 +126,23 @@ def build_attack(
     name: str | None = None,
     where: str = "",
     targeted: bool = False,
+    budget: float | None = None,
 ) -> Attack:
-    """The one factory. eps and alpha in [0,1] pixel units; `params` maps component name -> parameters."""
+    """The one factory. eps and alpha in [0,1] pixel units; `params` maps component name -> parameters.
+
+    budget: ε in 1/255 units per pixel, against which pixel parameters given as ``'<k>eps'`` resolve
+    (`transferlab.attacks.scaled`); default ε·255 for L∞ (an L2 attack must pass it)."""
     names = parse_method(method)
     params = dict(params or {})
     for key in params:
         if key not in names:
             raise ConfigError(f"{where}parameters given for {key!r}, which is not in method {method!r}")
-    components = [make_component(n, params.get(n), where) for n in names]
+    if budget is None and norm == "linf":
+        budget = eps * 255.0
+    components = [
+        make_component(n, resolve_relative(resolve_component(n), n, params.get(n), budget, where), where)
+        for n in names
+    ]
     return Attack(
         components,
         eps=eps,

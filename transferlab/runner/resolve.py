@@ -60,5 +60,6 @@ def attack_from_spec(name: str, spec: dict, resolution: int, seed: int, targeted
         seed=seed,
         max_forward=spec["max_forward"] or auto_max_forward(resolution),
         name=name,
+        budget=spec["eps"],
         targeted=targeted,
     )

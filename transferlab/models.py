@@ -279,6 +279,11 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+def registered_preprocess(name: str) -> Preprocess:
+    """The preprocessing of registered model `name` (what its weights were trained with)."""
+    return _REGISTRY[name].resolve_preprocess()
+
+
 def model_names() -> list[str]:
     """Names in the offline zoo, in registration order."""
     return list(_REGISTRY)

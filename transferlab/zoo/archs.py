@@ -23,10 +23,12 @@ from torch import nn
 from transferlab.archs.cifar_convmixer import cifar_convmixer
 from transferlab.archs.cifar_densenet import cifar_densenet_bc
 from transferlab.archs.cifar_mobilenetv2 import cifar_mobilenetv2
+from transferlab.archs.cifar_resnet import cifar_resnet
 from transferlab.archs.cifar_vgg import cifar_vgg11_bn
 from transferlab.errors import TransferlabError
 
-__all__ = ["MS_PER_IMAGE_STEP", "ZOO_ARCHS", "ZOO_WEIGHTS_ENV", "ZooArch", "resolve_arch", "zoo_weights_dir"]
+__all__ = ["LGV_ONLY_ARCHS", "MS_PER_IMAGE_STEP", "ZOO_ARCHS", "ZOO_WEIGHTS_ENV", "ZooArch", "resolve_arch",
+           "zoo_weights_dir"]
 
 ZOO_WEIGHTS_ENV = "TRANSFERLAB_ZOO_WEIGHTS_DIR"
 
@@ -58,6 +60,15 @@ ZOO_ARCHS: dict[str, ZooArch] = {
 }
 
 
+#: Architectures whose trained weights come from elsewhere (../shared/weights) and that the zoo only
+#: continues for LGV collection (`transferlab zoo lgv resnet20 --from <the shared checkpoint>`); their
+#: preprocessing is the model registry's (akamaster: ImageNet mean/std).
+LGV_ONLY_ARCHS: dict[str, ZooArch] = {
+    "resnet20": ZooArch("resnet20", "cifar10_resnet20", "cifar10-resnet-A", partial(cifar_resnet, 20, "A"),
+                        300_000, "ResNet-20 (option A, akamaster), trained weights from ../shared"),
+}
+
+
 #: Measured ms per image per training step at batch 128, channels-last: {arch: {threads: ms}}.
 MS_PER_IMAGE_STEP: dict[str, dict[int, float]] = {
     "vgg11_bn": {1: 1.86, 2: 1.20},
@@ -67,12 +78,18 @@ MS_PER_IMAGE_STEP: dict[str, dict[int, float]] = {
 }
 
 
-def resolve_arch(name: str) -> ZooArch:
-    """The zoo row for `name`, given as the short name (`vgg11_bn`) or the model name (`cifar10_vgg11_bn`)."""
-    for row in ZOO_ARCHS.values():
+def resolve_arch(name: str, lgv: bool = False) -> ZooArch:
+    """The zoo row for `name`, given as the short name (`vgg11_bn`) or the model name (`cifar10_vgg11_bn`);
+    with ``lgv`` also the LGV-only rows (`LGV_ONLY_ARCHS`)."""
+    rows = [*ZOO_ARCHS.values(), *(LGV_ONLY_ARCHS.values() if lgv else ())]
+    for row in rows:
         if name in (row.arch, row.model_name):
             return row
-    known = ", ".join(ZOO_ARCHS)
+    known = ", ".join(r.arch for r in rows)
+    if not lgv and any(name in (r.arch, r.model_name) for r in LGV_ONLY_ARCHS.values()):
+        raise TransferlabError(f"{name!r} is not trained by the zoo (its weights come from ../shared); "
+                               f"`transferlab zoo lgv {name} --from <checkpoint>` continues it for LGV; "
+                               f"train one of {known}")
     raise TransferlabError(f"unknown zoo architecture {name!r}: choose one of {known}")
 
 

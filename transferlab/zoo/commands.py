@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.zoo.archs import ZOO_ARCHS
+from transferlab.zoo.archs import LGV_ONLY_ARCHS, ZOO_ARCHS
 
 
 def _common(p: argparse.ArgumentParser, epochs: int, lr: float, what: str) -> None:
-    p.add_argument("arch", metavar="ARCH", help=f"one of {', '.join(ZOO_ARCHS)} (or its cifar10_ model name)")
+    p.add_argument("arch", metavar="ARCH", help=f"one of {', '.join(ZOO_ARCHS)} (or its cifar10_ model "
+                   f"name); lgv also takes {', '.join(LGV_ONLY_ARCHS)}")
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
     p.add_argument("--batch-size", type=int, default=128, help="images per SGD step (default 128)")
     p.add_argument("--lr", type=float, default=lr, help=f"{what} (default {lr})")

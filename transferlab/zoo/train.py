@@ -358,9 +358,9 @@ def run(
 
     `stop_after` ends the process's work after that many segments in total (as a kill would; for tests).
     """
-    from transferlab.models import CHENYAOFO_PREPROCESS
+    from transferlab.models import CHENYAOFO_PREPROCESS, registered_preprocess
 
-    zoo = resolve_arch(cfg.arch)
+    zoo = resolve_arch(cfg.arch, lgv=cfg.mode == "lgv")
     cfg.arch = zoo.arch
     if cfg.mode not in ("train", "lgv"):
         raise TrainError(f"mode must be 'train' or 'lgv', got {cfg.mode!r}")
@@ -375,7 +375,8 @@ def run(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(cfg, out, threads, cache_dir, progress, stop_after, zoo, CHENYAOFO_PREPROCESS)
+        preprocess = CHENYAOFO_PREPROCESS if zoo.arch in ZOO_ARCHS else registered_preprocess(zoo.model_name)
+        return _run(cfg, out, threads, cache_dir, progress, stop_after, zoo, preprocess)
     finally:
         torch.set_num_threads(previous_threads)
 

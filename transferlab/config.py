@@ -55,6 +55,8 @@ SCHEMA: dict[str, Any] = {
         "fusion": "logits",  # how an ensemble source fuses its members: logits | probs | loss
         "ensembles": ANY,  # filled from list entries of `sources`: {name: [members]}
         "memory_format": "contiguous",  # contiguous | channels_last (NHWC: faster on CPU for MBConv nets)
+        # weight collections used as sources (LGV): {name: {model, weights: folder|glob, n_grad, order}}
+        "collections": ANY,
     },
     "attack_defaults": dict(LOOP_KEYS),
     "attacks": ANY,  # {name: {method: ..., <loop keys>, <component>: {params}}}
@@ -354,8 +356,47 @@ def _check_ensembles(models: dict, where: str) -> None:
     models["ensembles"] = ensembles
 
 
+COLLECTION_KEYS = {"model": None, "weights": None, "n_grad": 1, "order": "shuffle"}
+
+
+def _check_collections(models: dict, where: str) -> None:
+    """`models.collections`: weight sets of one registered model, a source named by the key (LGV)."""
+    collections = models.get("collections") or {}
+    if not isinstance(collections, dict):
+        _fail(where, f"'models.collections' must map names to {{model, weights, n_grad, order}}, got "
+                     f"{collections!r}")
+    resolved = {}
+    for name, entry in collections.items():
+        path = f"models.collections.{name}"
+        check_name(name, f"collection name '{path}'", where)
+        if not isinstance(entry, dict):
+            _fail(where, f"'{path}' must be a mapping with keys {list(COLLECTION_KEYS)}")
+        for key in entry:
+            if key not in COLLECTION_KEYS:
+                _fail(where, f"unknown key '{path}.{key}'; allowed: {list(COLLECTION_KEYS)}")
+        spec = {**COLLECTION_KEYS, **entry}
+        for key in ("model", "weights"):
+            if not isinstance(spec[key], str) or not spec[key].strip():
+                _fail(where, f"'{path}.{key}' is required: "
+                             + ("the registered model the weight sets belong to" if key == "model"
+                                else "a folder of .safetensors weight sets, or a glob"))
+        check_name(spec["model"], f"model name '{path}.model'", where)
+        n = spec["n_grad"]
+        if not _integer(n) or not (n >= 1 or n == -1):
+            _fail(where, f"'{path}.n_grad' must be a positive integer (sets per attack step) or -1 (all), "
+                         f"got {n!r}")
+        if spec["order"] not in ("shuffle", "cycle"):
+            _fail(where, f"'{path}.order' must be 'shuffle' or 'cycle', got {spec['order']!r}")
+        if name in models["targets"]:
+            _fail(where, f"'{path}': a collection is a source; evaluate transfer to its model "
+                         f"({spec['model']}) instead")
+        resolved[name] = spec
+    models["collections"] = resolved
+
+
 def _check_models(models: dict, where: str) -> None:
     _check_ensembles(models, where)
+    _check_collections(models, where)
     for key in ("sources", "targets"):
         names = models[key]
         if not isinstance(names, list) or not names:

@@ -39,10 +39,63 @@ class Ensemble(nn.Module):
         )
         self.eval()
 
+    def active_members(self) -> list[nn.Module]:
+        """The members a forward runs (all of them; a `Collection` attacks a few per step)."""
+        return list(self.members)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = [m(x) for m in self.members]
+        logits = [m(x) for m in self.active_members()]
         self.member_logits = logits
         if self.fusion == "probs":
             probs = torch.stack([z.float().softmax(1) for z in logits]).mean(0)
             return probs.clamp_min(1e-12).log().to(logits[0].dtype)
         return torch.stack(logits).mean(0)
+
+
+COLLECTION_ORDERS = ("shuffle", "cycle")
+
+
+class Collection(Ensemble):
+    """Weight sets of one architecture attacked as a source (LGV; Gubri et al., ECCV 2022): predictions
+    use the mean logits of all K sets; during an attack, step t differentiates ``n_grad`` of them.
+
+    Which ones: the sets in a fixed order — ``shuffle``, a permutation drawn once from ``seed`` (the run's),
+    or ``cycle``, the file order — taken ``n_grad`` at a time, cycling: step t uses order[(t·n_grad + j) mod
+    K], j < n_grad. This is LGV's attack as its authors ported it (torchattacks 3.5.1 `LightEnsemble`,
+    order='shuffle', n_grad=1: "1 (default) is recommended for efficient iterative attacks"), except that
+    the order is keyed by the step, not by a forward counter, so every image of a batch and every batch
+    sees the same set at a step (no dependence on batch-mates or on forwards other components send).
+    ``n_grad`` ≥ K (or −1) attacks the full logit ensemble every step. The attack loop calls
+    ``select_step(t)`` before each step and ``select_step(None)`` after the last.
+    """
+
+    def __init__(self, members: list[nn.Module], name: str, n_grad: int = 1, order: str = "shuffle",
+                 seed: int = 0):
+        if order not in COLLECTION_ORDERS:
+            raise ValueError(f"collection {name}: order must be one of {COLLECTION_ORDERS}, got {order!r}")
+        if n_grad == 0 or n_grad < -1:
+            raise ValueError(f"collection {name}: n_grad must be >= 1 (or -1 for all), got {n_grad}")
+        super().__init__(members, name, "logits")
+        k = len(members)
+        self.n_grad = k if n_grad == -1 else min(int(n_grad), k)
+        self.order_rule, self.seed = order, int(seed)
+        perm = torch.randperm(k, generator=torch.Generator().manual_seed(self.seed)) if order == "shuffle" \
+            else torch.arange(k)
+        self.order = [int(i) for i in perm]
+        self.active: list[int] | None = None
+        if self.weights_sha256 is not None:
+            spec = f"{self.weights_sha256}|n_grad={self.n_grad}|order={order}|seed={self.seed}"
+            self.weights_sha256 = hashlib.sha256(spec.encode()).hexdigest()
+
+    def select_step(self, step: int | None) -> None:
+        """Attack step `step`'s sets from now on; None: all sets (predictions)."""
+        k = len(self.members)
+        if step is None or self.n_grad >= k:
+            self.active = None
+        else:
+            self.active = [self.order[(step * self.n_grad + j) % k] for j in range(self.n_grad)]
+
+    def active_members(self) -> list[nn.Module]:
+        if self.active is None:
+            return list(self.members)
+        return [self.members[i] for i in self.active]

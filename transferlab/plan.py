@@ -49,7 +49,18 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
     for name in names:
         explicit = (cfg["models"].get("weights") or {}).get(name)
         row = rows.get(name)
-        if explicit:
+        collection = (cfg["models"].get("collections") or {}).get(name)
+        if collection is not None:
+            from transferlab.weights import MissingWeightsError, collection_files
+
+            try:
+                files = collection_files(collection["weights"], name)
+                ok, where = True, (f"{len(files)} weight sets of {collection['model']} in "
+                                   f"{collection['weights']}, {collection['n_grad']} per step "
+                                   f"({collection['order']})")
+            except MissingWeightsError as exc:
+                ok, where = False, str(exc)
+        elif explicit:
             from transferlab.weights import split_pin
 
             ok = split_pin(explicit)[0].is_file()

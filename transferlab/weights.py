@@ -9,6 +9,7 @@ read with `torch.load(weights_only=True)` or safetensors, never full pickle. A f
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import os
@@ -428,3 +429,19 @@ def rename_efficientnet_lite_keys(
             new = f"{_TOP_LEVEL[module]}.{param}"
         renamed[new] = tensor
     return renamed
+
+
+def collection_files(where: str | os.PathLike, name: str) -> list[Path]:
+    """The weight sets of collection `name`: every `.safetensors` in the folder `where`, or the files the
+    glob `where` matches, in name order (LGV writes `<model>-lgvNNN-<sha8>.safetensors`)."""
+    path = Path(where).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path)))
+    if not files:
+        raise MissingWeightsError(
+            f"collection {name}: no weight sets at {where}; collect them with `transferlab zoo lgv ARCH "
+            f"--from WEIGHTS --out DIR` (they land in DIR/snapshots)"
+        )
+    return files

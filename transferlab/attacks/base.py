@@ -358,12 +358,17 @@ class Attack:
                 done.append(c)
             ctx.caller = None
             delta = self.init_delta(ctx)
+            select = getattr(model, "select_step", None)  # a weight collection (LGV): sets per step
             for t in range(self.steps):
                 ctx.step = t
+                if select is not None:
+                    select(t)
                 delta = self.outer_step(delta, ctx)
                 if on_step is not None:
                     on_step(t + 1, (x + delta).detach(), index)
         finally:
+            if getattr(model, "select_step", None) is not None:
+                model.select_step(None)
             for c in reversed(done):
                 c.teardown(ctx)
             for handle in taps:

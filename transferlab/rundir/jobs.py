@@ -67,7 +67,11 @@ def job_key(cfg: dict, job: Job, weights_digest: str | None) -> str:
 
 
 def white_box(cfg: dict, source: str, target: str) -> bool:
-    """A target is white-box for a source when it is the source or one of its ensemble's members."""
+    """A target is white-box for a source when it is the source, one of its ensemble's members, or the
+    model a weight collection (LGV) was continued from."""
+    collection = (cfg["models"].get("collections") or {}).get(source)
+    if collection is not None and target == collection["model"]:
+        return True
     return target == source or target in (cfg["models"].get("ensembles") or {}).get(source, [])
 
 

@@ -45,6 +45,7 @@ from transferlab.rundir import (
 from transferlab.rundir.marker import check_split
 from transferlab.runner import attacking, evaluating, select
 from transferlab.runner.resolve import RunError, attack_from_spec, resolve_device
+from transferlab.weights import collection_files
 
 
 class Experiment:
@@ -106,6 +107,9 @@ class Experiment:
 
     def model(self, name: str) -> torch.nn.Module:
         """The model `name` on the run's device: an ensemble of loaded members, or one loaded model."""
+        collection = (self.cfg["models"].get("collections") or {}).get(name)
+        if collection is not None:
+            return self.load_collection(name, collection)
         members = (self.cfg["models"].get("ensembles") or {}).get(name)
         if not members:
             return self.load_single(name)
@@ -114,6 +118,21 @@ class Experiment:
 
             parts = [self.load_single(m) for m in members]
             self._models[name] = Ensemble(parts, name, self.cfg["models"]["fusion"]).to(self.device)
+        return self._models[name]
+
+    def load_collection(self, name: str, spec: dict) -> torch.nn.Module:
+        """A weight collection (`models.collections`): every set loaded as `spec['model']`."""
+        if name not in self._models:
+            from transferlab.ensemble import Collection
+            from transferlab.models import load_model
+
+            files = collection_files(spec["weights"], name)
+            fmt = self.cfg["models"].get("memory_format", "contiguous")
+            parts = []
+            for file in files:
+                part = load_model(spec["model"], weights=str(file), device=self.device)
+                parts.append(part.use_memory_format(fmt) if fmt != "contiguous" else part)
+            self._models[name] = Collection(parts, name, spec["n_grad"], spec["order"], self.cfg["seed"])
         return self._models[name]
 
     def load_single(self, name: str) -> torch.nn.Module:

@@ -7,7 +7,8 @@ BUILTIN_MODULES = ("momentum", "variance_tuning", "variance_reduction", "input_d
                    "warm_start",
                    # the field's baseline set (one file each)
                    "scale_invariance", "admix", "spectrum_simulation", "block_shuffle_rotation",
-                   "structure_invariance", "gradient_norm_penalty", "gradient_relevance", "reverse_perturbation",
+                   "structure_invariance", "gradient_norm_penalty", "gradient_relevance",
+                   "reverse_perturbation",
                    "linear_backprop", "intermediate_level", "feature_importance", "neuron_attribution")
 
 for _module in BUILTIN_MODULES:

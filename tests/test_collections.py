@@ -133,3 +133,29 @@ def test_a_run_attacks_a_collection_of_resnet20_weight_sets(tmp_path):
     wb = dict(zip(results.target, results.white_box, strict=False))
     assert wb == {"cifar10_resnet20": True, "cifar10_resnet56_b": False}
     assert len(list((out / "adv" / "pgd" / "rn20_lgv").glob("*.png"))) == 4
+
+
+def test_collection_files_pin_the_manifest_hashes_and_refuse_an_unfinished_collection(tmp_path):
+    import hashlib
+    import json
+
+    from transferlab.weights import MissingWeightsError, collection_files, load_checkpoint
+
+    out = tmp_path / "lgv"
+    snaps = out / "snapshots"
+    snaps.mkdir(parents=True)
+    (out / "checkpoint.pt").write_bytes(b"")  # an LGV run still collecting
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(snaps / "m-lgv001.safetensors"))
+    with pytest.raises(MissingWeightsError, match="has not finished"):
+        collection_files(snaps, "m_lgv")
+    sha = hashlib.sha256((snaps / "m-lgv001.safetensors").read_bytes()).hexdigest()
+    (snaps / "manifest.json").write_text(json.dumps(
+        {"snapshots": [{"file": "snapshots/m-lgv001.safetensors", "sha256": sha}]}))
+    (files,) = collection_files(snaps, "m_lgv")
+    assert files.endswith(f"#sha256={sha}")
+    assert torch.equal(load_checkpoint(files)["w"], torch.ones(2))
+    save_file({"w": torch.zeros(2)}, str(snaps / "m-lgv001.safetensors"))  # changed after it was listed
+    with pytest.raises(Exception, match="sha256"):
+        load_checkpoint(files)

@@ -75,3 +75,20 @@ def test_pool_component_extends_byte_identically(tmp_path):
     finally:
         for key in set(COMPONENTS) - set(before):
             del COMPONENTS[key]
+
+
+def test_passes_per_image_are_in_results_tables_and_plot(tmp_path):
+    """results.csv and table.md carry each job's forward+backward passes per image; an ensemble's members
+    each count; passes.png is drawn."""
+    out = tmp_path / "run"
+    config = write_config(tmp_path, **{"models.sources": ["tiny_a", ["tiny_a", "tiny_b"]],
+                                       "attacks": {"pgd": {"method": "pgd"},
+                                                   "vr": {"method": "vr", "vr": {"copies": 3}}}})
+    results = run(config, out, "attack_defaults.steps=4")["results"]
+    got = results.groupby(["attack", "source"])[["passes_per_step", "passes"]].first()
+    assert got.loc[("pgd", "tiny_a")].tolist() == [1, 4]
+    assert got.loc[("vr", "tiny_a")].tolist() == [3, 12]
+    assert got.loc[("vr", "tiny_a+tiny_b")].tolist() == [6, 24]
+    table = (out / "table.md").read_text()
+    assert "| attack | passes |" in table and "| vr | 24 |" in table
+    assert (out / "passes.png").stat().st_size > 0

@@ -144,12 +144,19 @@ def cmd_attacks(args: argparse.Namespace) -> int:
 
     print("Base loop: pgd (I-FGSM; loop parameters norm, eps, alpha, steps, random_start in 1/255 steps)")
     print(f"  also spelled: {', '.join(BASE_NAMES[1:])}\n")
-    print("Components (compose with '+', e.g. mi+sgm+ir):")
+    print("Components (compose with '+', e.g. mi+sgm+ir); passes: forward+backward passes per image per")
+    print("step with PGD at the defaults (224 px; multiply by the steps for an attack's total):")
+    import textwrap
+
     for row in describe_components():
         params = ", ".join(f"{k}={v!r}" for k, v in row["params"].items()) or "-"
         origin = "" if row["module"].startswith("transferlab.") else f"  [plug-in: {row['module']}]"
-        print(f"  {row['name']:<6} {row['doc']}{origin}")
-        print(f"         params: {params}")
+        passes = "?" if row["passes"] is None else f"{row['passes']:g}"
+        doc = textwrap.wrap(row["doc"] + origin, 100) or [""]
+        print(f"  {row['name']:<6} {doc[0]}")
+        for line in doc[1:]:
+            print(f"         {line}")
+        print(f"         passes/step: {passes}   params: {params}")
     print("\nPresets:")
     for name, parts in PRESETS.items():
         print(f"  {name:<10} = {'+'.join(parts)}")

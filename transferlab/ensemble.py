@@ -43,6 +43,11 @@ class Ensemble(nn.Module):
         """The members a forward runs (all of them; a `Collection` attacks a few per step)."""
         return list(self.members)
 
+    @property
+    def passes_per_call(self) -> int:
+        """Member passes one forward of the ensemble costs during an attack step (cost accounting)."""
+        return len(self.members)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = [m(x) for m in self.active_members()]
         self.member_logits = logits
@@ -95,7 +100,16 @@ class Collection(Ensemble):
         else:
             self.active = [self.order[(step * self.n_grad + j) % k] for j in range(self.n_grad)]
 
+    @property
+    def passes_per_call(self) -> int:
+        return self.n_grad
+
     def active_members(self) -> list[nn.Module]:
         if self.active is None:
             return list(self.members)
         return [self.members[i] for i in self.active]
+
+
+def passes_per_call(model: nn.Module) -> int:
+    """Source-model passes one forward of `model` costs inside an attack step: 1, or an ensemble's members."""
+    return int(getattr(model, "passes_per_call", 1))

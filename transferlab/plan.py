@@ -32,6 +32,14 @@ def timm_weights_status(name: str) -> tuple[bool | None, str]:
     return False, f"hf-hub:{hub} not in the local cache (needs a download, or set models.weights.{name})"
 
 
+def member_passes(cfg: dict, source: str) -> int:
+    """Source-model passes per model call: an ensemble's members, a collection's sets per step, else 1."""
+    collection = (cfg["models"].get("collections") or {}).get(source)
+    if collection is not None:
+        return max(1, collection["n_grad"])  # -1 (all sets) is counted when the sets are loaded
+    return len((cfg["models"].get("ensembles") or {}).get(source) or [None])
+
+
 def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) -> int:
     from transferlab.data import open_dataset
     from transferlab.models import list_models
@@ -77,8 +85,12 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
     total = 0
     for name, spec in cfg["attacks"].items():
         attack = attack_from_spec(name, spec, data.resolution, cfg["seed"])
-        passes = attack.passes_per_step() * attack.steps
-        total += passes * limit * len(cfg["models"]["sources"])
+        setup = sum(c.setup_forwards() for c in attack.components)
+        per_source = [(attack.passes_per_step() * attack.steps + setup) * member_passes(cfg, source)
+                      for source in cfg["models"]["sources"]]
+        passes = f"{per_source[0]:g}" if len(set(per_source)) == 1 else \
+            "/".join(f"{p:g}" for p in per_source) + " (by source)"
+        total += sum(per_source) * limit
         params = {c.name: c.params() for c in attack.components}
         for comp, given in spec["params"].items():  # budget-relative values: the expression beside its value
             for key, value in (given or {}).items():
@@ -87,7 +99,7 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
         print(
             f"  {name:<14} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 "
             f"steps={spec['steps']} "
-            f"random_start={attack.random_start}  ~{passes:g} passes/image  {params}"
+            f"random_start={attack.random_start}  ~{passes} passes/image  {params}"
         )
     print(
         f"\nestimated: about {int(total):,} image forward+backward passes on the sources "

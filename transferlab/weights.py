@@ -431,14 +431,31 @@ def rename_efficientnet_lite_keys(
     return renamed
 
 
-def collection_files(where: str | os.PathLike, name: str) -> list[Path]:
-    """The weight sets of collection `name`: every `.safetensors` in the folder `where`, or the files the
-    glob `where` matches, in name order (LGV writes `<model>-lgvNNN-<sha8>.safetensors`)."""
+def collection_files(where: str | os.PathLike, name: str) -> list[str]:
+    """The weight sets of collection `name`, each as `path#sha256=<hex>` when its digest is known.
+
+    A folder written by `transferlab zoo lgv` (DIR/snapshots) lists its sets and their sha256 in
+    `manifest.json`, written when the collection finishes: those files, pinned, so loading verifies every
+    hash. A folder of `.safetensors` without that manifest is refused when it belongs to an unfinished LGV
+    run (its parent holds the run's checkpoint), else taken whole; `where` may also be a glob."""
     path = Path(where).expanduser()
     if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
+        manifest = path / "manifest.json"
+        if manifest.is_file():
+            import json
+
+            sets = json.loads(manifest.read_text()).get("snapshots") or []
+            files = [f"{path.parent / s['file']}{_PIN_MARK}{s['sha256']}" for s in sets]
+        elif (path.parent / "checkpoint.pt").is_file():
+            raise MissingWeightsError(
+                f"collection {name}: {path} belongs to an LGV collection that has not finished (no "
+                f"manifest.json yet); run the same `transferlab zoo lgv ... --out {path.parent}` again to "
+                "finish it"
+            )
+        else:
+            files = [str(f) for f in sorted(path.glob("*.safetensors"))]
     else:
-        files = sorted(Path(p) for p in glob.glob(str(path)))
+        files = [str(p) for p in sorted(glob.glob(str(path)))]
     if not files:
         raise MissingWeightsError(
             f"collection {name}: no weight sets at {where}; collect them with `transferlab zoo lgv ARCH "

@@ -169,6 +169,19 @@ def describe_components() -> list[dict[str, Any]]:
                     defaults[f.name] = f.default
                 elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                     defaults[f.name] = f.default_factory()  # type: ignore[misc]
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append({"name": name, "params": defaults, "doc": doc, "module": cls.__module__})
+        paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
+        doc = " ".join(line.strip() for line in paragraph.splitlines())
+        rows.append({"name": name, "params": defaults, "doc": doc, "module": cls.__module__,
+                     "passes": default_passes(cls)})
     return rows
+
+
+def default_passes(cls: type[Component], resolution: int = 224) -> float | None:
+    """Forward+backward passes per image per step of PGD with this component at its defaults (at
+    `resolution` px, for components whose cost depends on the image size); None if it cannot be built
+    without parameters."""
+    try:
+        attack = Attack([cls()], eps=16 / 255, alpha=2 / 255, steps=1)
+    except Exception:  # a component with required parameters: its cost depends on them
+        return None
+    return attack.passes_per_step()

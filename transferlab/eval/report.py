@@ -40,14 +40,15 @@ def markdown_table(results: pd.DataFrame, metric: str, reference: dict | None = 
             white = bool(group[group.target == t].white_box.astype(bool).any())
             heads.append(f"{t}{' (white-box)' if white else ''} {n_text}")
         lines.append(f"**source: {source}**\n")
-        lines.append("| attack | " + " | ".join(heads) + " |")
-        lines.append("|---|" + "---|" * len(targets))
+        lines.append("| attack | passes | " + " | ".join(heads) + " |")
+        lines.append("|---|---|" + "---|" * len(targets))
         for attack, rows in group.groupby("attack", sort=False):
             cells = {r.target: rate_cell(r) for r in rows.itertuples()}
-            lines.append(f"| {attack} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
+            row = " | ".join(cells.get(t, "") for t in targets)
+            lines.append(f"| {attack} | {_passes_cell(rows)} | {row} |")
             ref = (reference or {}).get(attack)
             if isinstance(ref, dict):
-                lines.append("| ↳ paper | " + " | ".join(str(ref.get(t, "")) for t in targets) + " |")
+                lines.append("| ↳ paper | | " + " | ".join(str(ref.get(t, "")) for t in targets) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -65,6 +66,22 @@ def settings_section(cfg: dict, overrides: list[str] | tuple[str, ...] = ()) -> 
         )
     note = f"Overrides on the command line: `{' '.join(overrides)}`.\n\n" if overrides else ""
     return "\n## Settings (as run; ε, α in 1/255)\n\n" + note + "\n".join(lines) + "\n"
+
+
+def passes_of(run: RunDir, jobs: list) -> dict:
+    """(attack, source) -> (passes per image per step, passes per image in total) from each job.json;
+    jobs recorded before passes were kept are left out (NaN in the tables)."""
+    out = {}
+    for job in jobs:
+        meta = run.read_job(job.attack, job.source) or {}
+        if "passes" in meta:
+            out[(job.attack, job.source)] = (meta["passes_per_step"], meta["passes"])
+    return out
+
+
+def _passes_cell(rows: pd.DataFrame) -> str:
+    value = rows.passes.iloc[0] if "passes" in rows and len(rows) else np.nan
+    return "?" if pd.isna(value) else f"{value:g}"
 
 
 def table_markdown(
@@ -85,7 +102,9 @@ def table_markdown(
         "images it classifies correctly when clean (white-box column: the source itself, or a member of "
         "an ensemble source). Fixed budget "
         "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
-        "Cells: rate [95% Wilson interval]; ε, α in 1/255.\n"
+        "Cells: rate [95% Wilson interval]; ε, α in 1/255. `passes`: forward+backward passes of the "
+        "source per image over the whole attack (steps × passes per step + one-off passes; an ensemble's "
+        "members each count).\n"
         + ("(Untargeted view of a targeted attack: any wrong class counts.)\n"
            if cfg.get("targeted") else ""),
         markdown_table(results, "transfer_success", None if cfg.get("targeted") else cfg.get("reference")),
@@ -155,6 +174,51 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _save_png(fig, path: Path) -> None:
+    """Write a figure atomically, with no timestamp metadata (the same figure gives the same bytes)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success") -> bool:
+    """Transfer rate against forward+backward passes per image (log scale), one panel per source →
+    target (white-box targets left out), one point per attack with its 95% interval: what each method buys
+    per unit of compute. Returns False (and writes nothing) when no job recorded its passes."""
+    sub = results[(results.metric == metric) & ~results.white_box.astype(bool) & results.passes.notna()]
+    if sub.empty:
+        return False
+    panels = list(dict.fromkeys(zip(sub.source, sub.target, strict=True)))
+    cols = min(4, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols + 2, 3.2 * rows_n), squeeze=False)
+    attacks = list(dict.fromkeys(sub.attack))
+    colours = {a: plt.cm.tab20(k % 20) for k, a in enumerate(attacks)}
+    for ax, (source, target) in zip(axes.flat, panels):
+        group = sub[(sub.source == source) & (sub.target == target)]
+        for r in group.itertuples():
+            err = [[max(0.0, r.success_rate - r.ci_low)], [max(0.0, r.ci_high - r.success_rate)]]
+            ax.errorbar([r.passes], [r.success_rate], yerr=err, fmt="o", ms=4, capsize=2,
+                        color=colours[r.attack], label=r.attack)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("passes per image (log)", fontsize=8)
+        ax.set_ylabel(f"{metric.replace('_', ' ')}", fontsize=8)
+        ax.set_title(f"{source} → {target}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[a], label=a) for a in attacks]
+    fig.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save_png(fig, path)
+    return True
+
+
 def transfer_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success") -> None:
     """Grouped bars: one group per target, one bar per attack, 95% intervals as error bars."""
     sub = results[results.metric == metric]
@@ -184,12 +248,7 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save_png(fig, path)
 
 
 class IncompleteRun(RunDirError):
@@ -303,7 +362,8 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     the primary one (the one-process run, else shard 0)."""
     jobs = jobs_of(cfg)
     steps = {(j.attack, j.source): run.read_steps(j.attack, j.source) for j in jobs}
-    results = summarise(records, cfg["attacks"], {k: v for k, v in steps.items() if v is not None})
+    results = summarise(records, cfg["attacks"], {k: v for k, v in steps.items() if v is not None},
+                        passes_of(run, jobs))
     atomic_write_csv(run.records_csv, records)
     atomic_write_csv(run.results_csv, results)
     baseline = baseline_of(cfg)
@@ -318,8 +378,10 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     atomic_write_text(run.table_md, table_markdown(results, cfg, costs, gains, overrides))
     if cfg.get("targeted"):
         transfer_plot(results, run.transfer_png, f"TARGETED: {cfg['name']}", "targeted_success")
+        passes_plot(results, run.passes_png, f"TARGETED: {cfg['name']}: rate per compute", "targeted_success")
     else:
         transfer_plot(results, run.transfer_png, cfg["name"])
+        passes_plot(results, run.passes_png, f"{cfg['name']}: transfer per compute")
     notices = list(dict.fromkeys(n for w in writers for n in w.get("notices", [])))
     commits = {
         c.get("commit") or ""

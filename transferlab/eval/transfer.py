@@ -24,6 +24,8 @@ RESULT_COLUMNS = [
     "eps",
     "alpha",
     "steps",
+    "passes_per_step",
+    "passes",
     "metric",
     "n",
     "successes",
@@ -62,9 +64,12 @@ def best_step_loo(fooled: pd.DataFrame) -> tuple[int, int]:
     return int(m[np.arange(len(m)), best].sum()), len(m)
 
 
-def summarise(records: pd.DataFrame, attacks: dict[str, dict], steps: dict | None = None) -> pd.DataFrame:
+def summarise(records: pd.DataFrame, attacks: dict[str, dict], steps: dict | None = None,
+              passes: dict | None = None) -> pd.DataFrame:
     """One row per attack x source x target x metric. Fixed budget (the final step): transfer_success
-    and error_rate; with per-step records (`steps[(attack, source)]`): the target-informed best step."""
+    and error_rate; with per-step records (`steps[(attack, source)]`): the target-informed best step.
+    ``passes[(attack, source)]``: (forward+backward passes per image per step, in total per image), counted
+    in source-model passes (an ensemble's members each count); NaN when not recorded."""
     rows = []
     keys = ["attack", "source", "target"]
     for (attack, source, target), group in records.groupby(keys, sort=False):
@@ -79,6 +84,8 @@ def summarise(records: pd.DataFrame, attacks: dict[str, dict], steps: dict | Non
             "eps": spec["eps"],
             "alpha": spec["alpha"],
             "steps": spec["steps"],
+            "passes_per_step": (passes or {}).get((attack, source), (np.nan, np.nan))[0],
+            "passes": (passes or {}).get((attack, source), (np.nan, np.nan))[1],
         }
         correct = group[group.target_clean_correct]
         if "hit" in group:

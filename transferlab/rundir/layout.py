@@ -59,6 +59,7 @@ class RunDir:
     gains_csv = property(lambda self: self.root / "gains.csv")
     table_md = property(lambda self: self.root / "table.md")
     transfer_png = property(lambda self: self.root / "transfer.png")
+    passes_png = property(lambda self: self.root / "passes.png")
     manifest_json = property(lambda self: self.root / "manifest.json")
     interaction_csv = property(lambda self: self.root / "interaction.csv")
     interaction_manifest = property(lambda self: self.root / "interaction.manifest.json")

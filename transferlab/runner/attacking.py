@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from transferlab.data import Item, to_float
+from transferlab.ensemble import passes_per_call
 from transferlab.eval.quantize import perturbation_norms, quantize
 from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_png, try_read_png
 from transferlab.rundir import KEY_FORMAT, Job, job_key
@@ -55,6 +56,9 @@ def job_record(exp: Experiment, job: Job) -> dict:
         if not cost_path.exists():
             atomic_write_json(cost_path, legacy_cost(meta))
     attack = exp.build(job)
+    per_call = passes_per_call(exp.model(job.source))
+    per_step = attack.passes_per_step() * per_call
+    setup = sum(c.setup_forwards() for c in attack.components) * per_call
     record = {
         "key": key,
         "key_format": KEY_FORMAT,
@@ -63,6 +67,9 @@ def job_record(exp: Experiment, job: Job) -> dict:
         "spec": job.spec,
         "steps": attack.steps,
         "eps_unit": attack.eps,
+        # forward+backward passes of the source per image, as declared (the loop refuses more)
+        "passes_per_step": per_step,
+        "passes": attack.steps * per_step + setup,
     }
     if on_disk != record:
         atomic_write_json(path, record)

@@ -92,3 +92,21 @@ def test_passes_per_image_are_in_results_tables_and_plot(tmp_path):
     table = (out / "table.md").read_text()
     assert "| attack | passes |" in table and "| vr | 24 |" in table
     assert (out / "passes.png").stat().st_size > 0
+
+
+def test_compute_matched_gains_pair_each_attack_with_the_mi_entry_of_equal_passes(tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path, attacks={
+        "mi": {"method": "mi"}, "mi_x3": {"method": "mi", "steps": 12},
+        "vr": {"method": "vr", "vr": {"copies": 3}}, "pgd": {"method": "pgd"}})
+    run(config, out, "attack_defaults.steps=4")
+    matched = pd.read_csv(out / "matched_gains.csv")
+    # vr (4 steps × 3 copies = 12 passes) against mi_x3 (12 steps); pgd (4) against mi (4)
+    assert dict(zip(matched.attack, matched.baseline, strict=False)) == {"vr": "mi_x3", "pgd": "mi"}
+    records = pd.read_csv(out / "records.csv")
+    sub = records[records.target_clean_correct & (records.target == "tiny_c")]
+    want = (sub[sub.attack == "vr"].set_index("image_id").fooled.astype(float)
+            - sub[sub.attack == "mi_x3"].set_index("image_id").fooled.astype(float)).mean()
+    got = matched[(matched.attack == "vr") & (matched.target == "tiny_c")].gain.item()
+    assert got == pytest.approx(want)
+    assert "## Compute-matched gains over MI" in (out / "table.md").read_text()

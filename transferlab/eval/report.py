@@ -13,7 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from transferlab.eval.compare import baseline_of, empty_gains, gains_markdown, gains_over  # noqa: E402
+from transferlab.eval.compare import (  # noqa: E402
+    baseline_of,
+    empty_gains,
+    gains_markdown,
+    gains_over,
+    matched_gains,
+    matched_markdown,
+)
 from transferlab.eval.records import assemble_records, missing_work  # noqa: E402
 from transferlab.eval.transfer import summarise  # noqa: E402
 from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
@@ -137,6 +144,18 @@ def targeted_section(results: pd.DataFrame, cfg: dict) -> str:
         + markdown_table(results, "targeted_success", cfg.get("reference"))
         + "\n## Untargeted transfer success\n"
     )
+
+
+def matched_section(matched: pd.DataFrame, passes: dict) -> str:
+    """The compute-matched view: gains over MI at the same passes per image (or why there are none)."""
+    head = ("\n## Compute-matched gains over MI\n\nEach attack against the MI entry of the config that "
+            "spends the same forward+backward passes per image (e.g. MI run for more steps), on the same "
+            "images; percentage points, 95% paired bootstrap interval. `passes.png` draws every attack's "
+            "rate against its passes.\n\n")
+    if matched.empty:
+        return head + ("None: no attack has an MI entry with equal passes per image in this config (add "
+                       "one, e.g. `mi_200: {method: mi, steps: 200}` beside a 20-copy method at 10 steps).\n")
+    return head + matched_markdown(matched, passes)
 
 
 def gains_section(gains: pd.DataFrame) -> str:
@@ -373,9 +392,15 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     gains = (gains_over(records, baseline=baseline, seed=cfg["seed"], outcome=outcome) if baseline
              else empty_gains())
     atomic_write_csv(run.gains_csv, gains)
+    totals = {k: v[1] for k, v in passes_of(run, jobs).items()}
+    methods = {name: "+".join(str(m) for m in np.atleast_1d(spec["method"]))
+               for name, spec in cfg["attacks"].items()}
+    matched = matched_gains(records, totals, methods, seed=cfg["seed"], outcome=outcome)
+    atomic_write_csv(run.matched_gains_csv, matched)
     primary = writers[0]
     overrides = primary.get("overrides") or []
-    atomic_write_text(run.table_md, table_markdown(results, cfg, costs, gains, overrides))
+    atomic_write_text(run.table_md, table_markdown(results, cfg, costs, gains, overrides)
+                      + matched_section(matched, totals))
     if cfg.get("targeted"):
         transfer_plot(results, run.transfer_png, f"TARGETED: {cfg['name']}", "targeted_success")
         passes_plot(results, run.passes_png, f"TARGETED: {cfg['name']}: rate per compute", "targeted_success")

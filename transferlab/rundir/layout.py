@@ -60,6 +60,7 @@ class RunDir:
     table_md = property(lambda self: self.root / "table.md")
     transfer_png = property(lambda self: self.root / "transfer.png")
     passes_png = property(lambda self: self.root / "passes.png")
+    matched_gains_csv = property(lambda self: self.root / "matched_gains.csv")
     manifest_json = property(lambda self: self.root / "manifest.json")
     interaction_csv = property(lambda self: self.root / "interaction.csv")
     interaction_manifest = property(lambda self: self.root / "interaction.manifest.json")

@@ -85,8 +85,7 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
     total = 0
     for name, spec in cfg["attacks"].items():
         attack = attack_from_spec(name, spec, data.resolution, cfg["seed"])
-        setup = sum(c.setup_forwards() for c in attack.components)
-        per_source = [(attack.passes_per_step() * attack.steps + setup) * member_passes(cfg, source)
+        per_source = [attack.passes_total() * member_passes(cfg, source)
                       for source in cfg["models"]["sources"]]
         passes = f"{per_source[0]:g}" if len(set(per_source)) == 1 else \
             "/".join(f"{p:g}" for p in per_source) + " (by source)"

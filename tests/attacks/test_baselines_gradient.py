@@ -94,15 +94,17 @@ def test_declared_forwards_equal_sent(method, params, per_step) -> None:
     assert attack.forwards_total == attack.declared_forwards(3) == 3 * 3 * per_step
 
 
-def test_rap_late_start_sends_fewer_than_declared() -> None:
-    """The declaration counts K inner inputs at every step; before the late start none are sent."""
+def test_rap_late_start_declares_exactly_what_it_sends() -> None:
+    """Before the late start no inner inputs are sent, and the declaration (`extra_forwards_total`) says
+    so: the passes column is exact, not an upper bound."""
     model, (x, y) = TinyResNet(), tiny_batch(2)
     steps, late, k = 4, 1, 3
     attack = build_attack("rap", {"rap": {"late_start": late, "inner_steps": k}}, eps=EPS, alpha=ALPHA,
                           steps=steps)
     attack.run(model, x, y)
     assert attack.forwards_by == {"data": 2 * steps, "rap": 2 * (steps - late) * k}
-    assert attack.declared_forwards(2) == 2 * steps * (1 + k)
+    assert attack.declared_forwards(2) == 2 * (steps + (steps - late) * k) == attack.forwards_total
+    assert attack.passes_total() == steps + (steps - late) * k
 
 
 # ------------------------------------------------------------------------------------------ PGN

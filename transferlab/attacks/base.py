@@ -125,8 +125,14 @@ class Component:
         return float(self.batch_multiplier())
 
     def extra_forwards(self) -> int:
-        """Model inputs per image per step sent outside the data term (IR: its masked batch)."""
+        """Model inputs per image per step sent outside the data term (IR: its masked batch); the peak,
+        which sizes micro-batches."""
         return 0
+
+    def extra_forwards_total(self, steps: int) -> float:
+        """Model inputs per image over a `steps`-step attack outside the data term: `steps` times
+        `extra_forwards()` unless only some steps send them (RAP's late start)."""
+        return steps * self.extra_forwards()
 
     def setup_forwards(self) -> int:
         """Model inputs per image sent once per batch, before the steps (IR: its clean logits)."""
@@ -397,8 +403,15 @@ class Attack:
 
     def declared_forwards(self, images: int) -> float:
         """Model inputs the components declare for `images` images over the whole attack."""
+        return images * self.passes_total()
+
+    def passes_total(self) -> float:
+        """Declared forward(+backward) passes per image over the whole attack: the data term every step,
+        each component's extra inputs over the steps, and one-off setup inputs."""
+        data = math.prod(c.cost_multiplier() for c in self.components)
+        extra = sum(c.extra_forwards_total(self.steps) for c in self.components)
         setup = sum(c.setup_forwards() for c in self.components)
-        return images * (self.steps * self.passes_per_step() + setup)
+        return self.steps * data + extra + setup
 
     def check_forwards(self, ctx: AttackContext) -> None:
         """Refuse an attack whose components sent more model inputs than they declare (the cost tables
@@ -557,7 +570,8 @@ class Attack:
         return max(1, self.max_forward // self.inputs_per_image())
 
     def passes_per_step(self) -> float:
-        """Planned forward(+backward) passes per image per step."""
+        """Planned forward(+backward) passes per image per step (at the peak: every component's extras;
+        `passes_total` is the whole attack's)."""
         data = math.prod(c.cost_multiplier() for c in self.components)
         return data + sum(c.extra_forwards() for c in self.components)
 

@@ -31,9 +31,8 @@ the README's commands omit (they then run the baseline), and repeats the inner l
 run as released and that the modified code's numbers differ from the paper's (notably untargeted at 10
 iterations). Unused top-k forwards (lines 366, 387) are not reproduced here.
 
-Forwards: K inputs per image per step, declared as `extra_forwards` for every step (the declaration cannot
-see the attack's step count): with a late start the images send T + (T − late_start)·K inputs against the
-declared T·(1 + K) — 2,800 against 3,600 at the ImageNet defaults; equal when late_start = 0.
+Forwards: K inputs per image per step from `late_start` on (`extra_forwards_total`): T + (T − late_start)·K
+per image in all — 2,800 at the ImageNet defaults; `extra_forwards` (K) sizes the micro-batches.
 For L2 (an extension: the paper is L∞), ε_n and α_n are RMS per pixel like the configs' ε: the inner ball
 has L2 radius ε_n·√d and the inner steps are normalised steps of α_n·√d (d = C·H·W).
 """
@@ -93,6 +92,10 @@ class ReversePerturbation(Component):
 
     def extra_forwards(self) -> int:
         return self.inner_steps
+
+    def extra_forwards_total(self, steps: int) -> float:
+        """The inner steps run from `late_start` on only."""
+        return max(0, steps - self.late_start) * self.extra_forwards()
 
     def _key(self) -> str:
         return f"{self.name}:n"

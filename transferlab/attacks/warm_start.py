@@ -41,8 +41,7 @@ class WarmStart(Component):
         return stage
 
     def setup_forwards(self) -> int:
-        return int(round(self._first.steps * self._first.passes_per_step()
-                         + sum(c.setup_forwards() for c in self._first.components)))
+        return int(round(self._first.passes_total()))
 
     def setup_inputs(self) -> int:
         return self._first.inputs_per_image()

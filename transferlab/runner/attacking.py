@@ -57,8 +57,7 @@ def job_record(exp: Experiment, job: Job) -> dict:
             atomic_write_json(cost_path, legacy_cost(meta))
     attack = exp.build(job)
     per_call = passes_per_call(exp.model(job.source))
-    per_step = attack.passes_per_step() * per_call
-    setup = sum(c.setup_forwards() for c in attack.components) * per_call
+    total = attack.passes_total() * per_call
     record = {
         "key": key,
         "key_format": KEY_FORMAT,
@@ -68,8 +67,8 @@ def job_record(exp: Experiment, job: Job) -> dict:
         "steps": attack.steps,
         "eps_unit": attack.eps,
         # forward+backward passes of the source per image, as declared (the loop refuses more)
-        "passes_per_step": per_step,
-        "passes": attack.steps * per_step + setup,
+        "passes_per_step": total / max(1, attack.steps),
+        "passes": total,
     }
     if on_disk != record:
         atomic_write_json(path, record)

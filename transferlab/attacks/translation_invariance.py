@@ -1,11 +1,33 @@
-"""Translation invariance (TI; Dong et al. 2019): the gradient smoothed by a normalised Gaussian kernel.
+"""Translation invariance (TI; Dong, Pang, Su & Zhu, "Evading Defenses to Transferable Adversarial Examples by
+Translation-Invariant Attacks", CVPR 2019): the gradient smoothed by a normalised Gaussian kernel.
 
-The kernel is the reference's gkern: k samples of the standard normal density on linspace(−nsig, nsig, k),
-outer product, divided by its sum; applied per channel (depthwise, zero padding k//2) to the gradient.
+Defining step: convolve the gradient, per channel (depthwise, zero padding k//2, TF's 'SAME'), with the
+kernel gkern(k, nsig): k samples of the standard normal density on linspace(−nsig, nsig, k), outer product,
+divided by its sum — before momentum's L1 normalisation (order 40 < MI's 60), as in the sources.
 
-The kernel must scale with the image: 15 px is sized for 224-px ImageNet and wrecks 32-px CIFAR attacks,
-where 5 px behaves (DESIGN §5). The default size is the odd integer nearest 15·√(H/224), at least 3:
-15 at 224 px, 17 at 299 px, 5 at 32 px, 5 at 16 px.
+Kernel conventions, read from the code (the paper itself could not be read here):
+
+* TI, github:dongyp13/Translation-Invariant-Attacks ``attack_iter.py`` (commit c3ae1ba): ``gkern`` lines
+  55–63 (``st.norm.pdf(np.linspace(-nsig, nsig, kernlen))``), ``kernel = gkern(15, 3)`` (line 65), depthwise
+  conv 'SAME' on the gradient before the L1 normalisation (line 155); 299-px Inception inputs (lines 41–43).
+* VT's combined DI-TI-SI code, github:JHL-HUST/VT ``mi_di_ti_si_fgsm.py`` (commit 9c87680, and every other
+  attack file there): the same ``gkern`` (lines 70–76), ``gkern(7, 3)`` (line 79); 299-px inputs.
+* TransferAttack ``transferattack/input_transformation/tim.py`` (commit 2663e4a): ``kernel_size=15``,
+  ``kernel_type='gaussian'`` (line 37), the same sampled-pdf kernel with nsig 3 (lines 50–54),
+  ``F.conv2d(..., padding='same', groups=3)`` (line 73); 224-px inputs (``utils.py`` line 12). Its
+  'uniform' and 'linear' kernel types (lines 55–60) are not implemented here.
+* torchattacks 3.5.1 ``attacks/tifgsm.py``: ``len_kernel=15``, ``nsig=3`` (lines 50–51), the same
+  ``gkern`` (lines 134–140).
+
+All four build the same sampled-pdf kernel with nsig 3; none uses the normal-CDF construction
+(``np.diff(st.norm.cdf(x))`` with the square root of the outer product, found in other code under the same
+name), so there is no kernel-convention parameter: the sources differ only in size (15 vs 7) and in the
+resolution they were used at.
+
+The kernel must scale with the image: 15 px is sized for ImageNet and wrecks 32-px CIFAR attacks, where 5 px
+behaves (DESIGN §5). The default size is the odd integer nearest 15·√(H/224), at least 3: 15 at 224 px
+(TransferAttack's setting), 17 at 299 px, 5 at 32 px, 5 at 16 px. At 299 px the official TI code uses 15 and
+the VT code 7: give ``kernel_size`` to reproduce either.
 """
 
 from __future__ import annotations
@@ -45,7 +67,8 @@ def smooth(grad: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 @register("ti")
 @dataclass
 class TranslationInvariance(Component):
-    """TI: Gaussian-smoothed gradient. kernel_size: px (None: odd ≈ 15·√(H/224), ≥ 3); nsig: range (3)."""
+    """TI: Gaussian-smoothed gradient. kernel_size: px (None: odd ≈ 15·√(H/224), ≥ 3; TI code 15, VT code 7 at
+    299 px); nsig: the kernel spans ±nsig standard deviations (3, every source)."""
 
     kernel_size: int | None = None
     nsig: float = 3.0

@@ -375,7 +375,8 @@ def test_legacy_run_is_adopted_but_not_its_ir_jobs(tmp_path, tiny_models):
     Experiment(cfg, out, progress=False).run()
     assert (out / "run.json").exists()
     assert json.loads((out / "adv" / "pgd" / "tiny_a" / "job.json").read_text())["key_format"] == 2
-    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), before)  # adopted, nothing redone
+    # adopted, nothing redone (dtype: without IR's 66.1 passes per step the column reads back as integers)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), before, check_dtype=False)
 
 
 def test_evaluations_of_the_older_layout_are_replaced_per_block(tmp_path, tiny_models):

@@ -1,0 +1,168 @@
+"""bench/parity.py: its statistics, its resume, its pairs table, and one real pair on a tiny offline model."""
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab.attacks.registry import build_attack
+from transferlab.eval.quantize import quantize
+from transferlab.testing import TinyResNet, tiny_batch
+
+SPEC = importlib.util.spec_from_file_location("parity", Path(__file__).parents[1] / "bench" / "parity.py")
+parity = importlib.util.module_from_spec(SPEC)
+sys.modules["parity"] = parity  # dataclasses look their module up by name
+SPEC.loader.exec_module(parity)
+
+EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 4
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def test_paired_bootstrap_of_identical_outcomes_is_zero_and_a_match():
+    outcomes = np.random.default_rng(0).integers(0, 2, 60)
+    diff, lo, hi = parity.paired_bootstrap(outcomes, outcomes, resamples=2000, seed=3)
+    assert (diff, lo, hi) == (0.0, 0.0, 0.0)
+    assert parity.verdict(lo, hi) == "match"
+
+
+def test_clearly_different_outcomes_differ_and_the_interval_is_seeded():
+    ours = np.ones(50, dtype=bool)
+    theirs = np.zeros(50, dtype=bool)
+    theirs[:5] = True  # ours − theirs = 0.9
+    diff, lo, hi = parity.paired_bootstrap(ours, theirs, resamples=2000, seed=1)
+    assert diff == pytest.approx(0.9) and 0.75 < lo <= diff <= hi <= 1.0
+    assert parity.verdict(lo, hi) == "differs"
+    assert parity.paired_bootstrap(ours, theirs, 2000, seed=1) == (diff, lo, hi)
+    # the pairing matters: the same rates with discordant images only widen the interval, not move it
+    _, lo_mixed, hi_mixed = parity.paired_bootstrap(np.r_[np.ones(25), np.zeros(25)],
+                                                    np.r_[np.zeros(25), np.ones(25)], 2000, seed=1)
+    assert lo_mixed < 0 < hi_mixed
+
+
+def test_a_difference_is_explained_by_the_pairs_known_variant_or_called_unexplained():
+    known = dataclasses.replace(parity.PAIRS[0], known="their kernel is wider")
+    unknown = dataclasses.replace(parity.PAIRS[0], known=None)
+    assert parity.explanation(known, "differs") == "their kernel is wider"
+    assert parity.explanation(unknown, "differs") == "unexplained"
+    assert parity.explanation(unknown, "match") == ""
+    assert "their kernel is wider" in parity.explanation(known, "match")  # never hidden
+
+
+# ------------------------------------------------------------------------------------------------- the table
+def test_every_pair_names_a_real_class_and_keywords_it_accepts():
+    for setting in parity.make_settings(Path("/nonexistent")).values():
+        for pair in parity.PAIRS:
+            assert pair.library in parity.LIBRARIES, pair
+            lib = pytest.importorskip(pair.library)
+            cls = getattr(lib, pair.cls)
+            if setting.name in pair.only:
+                continue
+            reason = parity.readiness(pair, setting)
+            if reason is not None:  # our component is not there yet: its row is skipped, saying so
+                assert "not built yet" in reason or pair.library in reason, (pair, reason)
+                continue
+            kwargs = parity.their_kwargs(pair, setting, parity.build_ours(pair, setting))
+            inspect.signature(cls).bind(None, **kwargs)  # the model, then only keywords it takes
+            assert kwargs["eps"] == setting.eps and kwargs["steps"] == setting.steps
+
+
+def test_a_missing_component_is_skipped_with_a_clear_message(tmp_path):
+    pytest.importorskip("torchattack")
+    pair = dataclasses.replace(parity.PAIRS[0], attack="nope", method="mi+no_such_component")
+    prep = tiny_prepared()
+    assert "not built yet" in parity.readiness(pair, prep.setting)
+    results = parity.run_pairs(prep, [pair], tmp_path, progress=False, log=lambda _: None)
+    assert results.rows.empty
+    assert "not built yet" in results.manifest["skipped"]["tiny/nope/torchattack"]
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+def tiny_prepared(steps: int = STEPS) -> "parity.Prepared":
+    x, y = tiny_batch(6)
+    setting = parity.Setting(name="tiny", data=None, source="src", targets=("src", "other"), eps=EPS,
+                             alpha=ALPHA, steps=steps, limit=6, resolution=16, num_classes=5, batch=4,
+                             their_inputs=64)
+    source, other = TinyResNet(seed=0), TinyResNet(seed=1)
+    return parity.Prepared(setting, x, y, [f"img{i}" for i in range(6)], source,
+                           {"src": source, "other": other}, pool=tiny_batch(6, seed=9)[0])
+
+
+def test_a_second_call_recomputes_nothing_and_a_changed_setting_recomputes(tmp_path, monkeypatch):
+    pytest.importorskip("torchattack")
+    pytest.importorskip("torchattacks")
+    pairs = [p for p in parity.PAIRS if p.attack in ("pgd", "mi")]
+    calls = {"ours": 0, "theirs": 0}
+    real_ours, real_theirs = parity.attack_ours, parity.attack_theirs
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(parity, "attack_ours", counting("ours", real_ours))
+    monkeypatch.setattr(parity, "attack_theirs", counting("theirs", real_theirs))
+    prep = tiny_prepared()
+    results = parity.run_pairs(prep, pairs, tmp_path, progress=False, log=lambda _: None)
+    assert calls == {"ours": 2, "theirs": 4}  # ours once per method, shared by both libraries' rows
+    rows = results.rows
+    assert len(rows) == len(pairs) * 2 and set(rows.verdict) <= {"match", "differs"}
+    # a target counts the images it classifies correctly clean
+    other_ok = int((TinyResNet(seed=1)(prep.x).argmax(1) == prep.y).sum())
+    assert set(rows[rows.target == "other"].n) == {other_ok} and set(rows[rows.target == "src"].n) == {6}
+    # the same loop as torchattack's IFGSM, the same bytes; torchattacks' PGD too at float64
+    assert results.manifest["rows"]["tiny/pgd/torchattack"]["same_bytes"] == 1.0
+    assert {"parity.csv", "parity.md", "parity.manifest.json"} <= {p.name for p in tmp_path.iterdir()}
+    before = (tmp_path / "parity.csv").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished row was recomputed")
+
+    monkeypatch.setattr(parity, "attack_ours", refuse)
+    monkeypatch.setattr(parity, "attack_theirs", refuse)
+    again = parity.run_pairs(tiny_prepared(), pairs, tmp_path, progress=False, log=lambda _: None)
+    assert len(again.rows) == len(rows)
+    assert (tmp_path / "parity.csv").read_bytes() == before
+
+    monkeypatch.setattr(parity, "attack_ours", real_ours)
+    monkeypatch.setattr(parity, "attack_theirs", real_theirs)
+    changed = parity.run_pairs(tiny_prepared(steps=2), pairs[:1], tmp_path, progress=False,
+                               log=lambda _: None)
+    assert len(changed.rows) == 2  # the old rows were for 4 steps: dropped, and only the chosen pair redone
+    assert changed.manifest["settings"]["tiny"]["steps"] == 2
+
+
+# ------------------------------------------------------------------------------------------- one real pair
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pgd_equals_torchattack_ifgsm_byte_for_byte(dtype):
+    """The same arithmetic in the same order (δ + α·sign ∇, clamp to ε, clamp x + δ to [0,1]): their
+    batch-mean loss only scales the gradient by 1/B, which leaves its signs, so the images are identical."""
+    torchattack = pytest.importorskip("torchattack")
+    model = TinyResNet().to(dtype)
+    x, y = tiny_batch(5)
+    x = x.to(dtype)
+    ours = build_attack("pgd", eps=EPS, alpha=ALPHA, steps=STEPS).run(model, x, y)
+    ifgsm = torchattack.IFGSM(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS)
+    theirs = ifgsm(x, y)
+    assert torch.equal(ours, theirs.detach())
+
+
+def test_pgd_near_equals_torchattacks_pgd_and_equals_it_after_8_bit_quantisation():
+    """torchattacks steps the image, not δ ((x + δ + α·s) − x, then x + clamp(·)): in float32 that rounds
+    differently from δ + α·s in the last bit (at most one ulp of a pixel per step), which the 8-bit
+    quantisation removes. In float64 the two agree exactly on this model."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model = TinyResNet().float()
+    x, y = tiny_batch(5)
+    x = x.float()
+    ours = build_attack("pgd", eps=EPS, alpha=ALPHA, steps=STEPS).run(model, x, y)
+    theirs = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=False)(x, y)
+    assert (ours - theirs).abs().max() <= 1e-6
+    assert torch.equal(parity.to_bytes(x, ours, EPS), parity.to_bytes(x, theirs, EPS))
+    assert torch.equal(quantize(x, ours, EPS), quantize(x, theirs, EPS))

@@ -20,6 +20,15 @@ NIPS17 = SHARED / "data" / "nips17"
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny models: one intra-op thread (a busy second core makes every op wait); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared asset not present: {path}")

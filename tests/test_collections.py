@@ -12,13 +12,7 @@ from transferlab.ensemble import Collection
 from transferlab.errors import ConfigError
 from transferlab.testing import TinyResNet, tiny_batch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch thread
 
 
 class Counting(nn.Module):

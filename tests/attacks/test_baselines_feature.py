@@ -28,13 +28,7 @@ EPS, ALPHA = 8 / 255, 2 / 255
 KEYS = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread (a busy second core makes every op wait)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch thread
 
 
 def prepared(method: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,

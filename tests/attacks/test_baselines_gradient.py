@@ -20,13 +20,7 @@ EPS, ALPHA = 8 / 255, 2 / 255
 SMALL = {"pgn": {"neighbours": 3}, "gra": {"neighbours": 3}, "rap": {"late_start": 1, "inner_steps": 2}}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread (a busy second core makes every op wait)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch thread
 
 
 def ce_grad(model, points: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -30,13 +30,7 @@ from transferlab.testing import TinyResNet, check_attack, tiny_batch
 EPS, ALPHA = 8 / 255, 2 / 255
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread (a busy second core makes every op wait)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch thread
 
 
 def context(model, x, y, keys=None, seed=0, pool=None) -> AttackContext:

@@ -19,13 +19,7 @@ from transferlab.interaction.games import BatchedPerturbationGame, PerturbationG
 from transferlab.interaction.scores import SCORES
 from transferlab.rng import ImageStreams
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch thread
 
 
 class Net(nn.Module):

@@ -39,6 +39,7 @@ import torch
 
 from transferlab.attacks.base import Attack, AttackContext, Component
 from transferlab.attacks.registry import register
+from transferlab.attacks.variance_tuning import box_offsets
 from transferlab.errors import ConfigError
 
 INDICATORS = ("sign", "value")
@@ -105,9 +106,7 @@ class GradientRelevance(Component):
 
     def neighbour_offsets(self, ctx: AttackContext) -> torch.Tensor:
         """u_k for every image, copy-major (N·B, C, H, W), each image's from its own stream."""
-        x = ctx.x
-        u = ctx.draw_rows("rand", self.neighbours * ctx.batch, tuple(x.shape[1:]), dtype=x.dtype)
-        return (u.to(x.device) * 2 - 1) * self.half_width(ctx)
+        return box_offsets(ctx, self.neighbours, self.half_width(ctx))
 
     def refine(
         self, grad: torch.Tensor, point: torch.Tensor, attack: Attack, ctx: AttackContext

@@ -21,6 +21,14 @@ from transferlab.attacks.registry import register
 from transferlab.errors import ConfigError
 
 
+def box_offsets(ctx: AttackContext, copies: int, half_width: float) -> torch.Tensor:
+    """Uniform offsets in a ±half_width box (pixels in [0,1]), copy-major (copies·B, C, H, W), each
+    image's rows from its own stream (PGN's ζε ball and GRA's βε box draw their neighbours this way)."""
+    x = ctx.x
+    u = ctx.draw_rows("rand", copies * ctx.batch, tuple(x.shape[1:]), dtype=x.dtype)
+    return (u.to(x.device) * 2 - 1) * half_width
+
+
 @register("vt")
 @dataclass
 class VarianceTuning(Component):

@@ -118,6 +118,12 @@ def matched_gains(records: pd.DataFrame, passes: dict, methods: dict[str, str], 
     return pd.concat(frames, ignore_index=True) if frames else empty_gains()
 
 
+def _gain_cells(rows: pd.DataFrame) -> dict[str, str]:
+    """target -> 'gain [95% CI]' in percentage points."""
+    return {r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+            for r in rows.itertuples()}
+
+
 def matched_markdown(gains: pd.DataFrame, passes: dict) -> str:
     """Attack rows (with the matched reference entry and the passes) x target columns of gains in points."""
     if gains.empty:
@@ -130,8 +136,7 @@ def matched_markdown(gains: pd.DataFrame, passes: dict) -> str:
         lines += [f"**source: {source}**\n", "| attack | over | passes | " + " | ".join(heads) + " |",
                   "|---|---|---|" + "---|" * len(targets)]
         for (attack, ref), rows in group.groupby(["attack", "baseline"], sort=False):
-            cells = {r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
-                     for r in rows.itertuples()}
+            cells = _gain_cells(rows)
             lines.append(f"| {attack} | {ref} | {passes[(attack, source)]:g} | "
                          + " | ".join(cells.get(t, "") for t in targets) + " |")
         lines.append("")
@@ -153,10 +158,7 @@ def gains_markdown(gains: pd.DataFrame) -> str:
             "|---|" + "---|" * len(targets),
         ]
         for attack, rows in group.groupby("attack", sort=False):
-            cells = {
-                r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
-                for r in rows.itertuples()
-            }
+            cells = _gain_cells(rows)
             lines.append(f"| {attack} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -118,6 +118,13 @@ def matched_gains(records: pd.DataFrame, passes: dict, methods: dict[str, str], 
     return pd.concat(frames, ignore_index=True) if frames else empty_gains()
 
 
+def _target_heads(group: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The group's targets in order, and their column heads (white-box ones marked)."""
+    targets = list(dict.fromkeys(group.target))
+    white = set(group[group.white_box.astype(bool)].target)
+    return targets, [f"{t} (white-box)" if t in white else t for t in targets]
+
+
 def _gain_cells(rows: pd.DataFrame) -> dict[str, str]:
     """target -> 'gain [95% CI]' in percentage points."""
     return {r.target: f"{100 * r.gain:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
@@ -130,9 +137,7 @@ def matched_markdown(gains: pd.DataFrame, passes: dict) -> str:
         return ""
     lines = []
     for source, group in gains.groupby("source", sort=False):
-        targets = list(dict.fromkeys(group.target))
-        white = set(group[group.white_box.astype(bool)].target)
-        heads = [f"{t} (white-box)" if t in white else t for t in targets]
+        targets, heads = _target_heads(group)
         lines += [f"**source: {source}**\n", "| attack | over | passes | " + " | ".join(heads) + " |",
                   "|---|---|---|" + "---|" * len(targets)]
         for (attack, ref), rows in group.groupby(["attack", "baseline"], sort=False):
@@ -149,9 +154,7 @@ def gains_markdown(gains: pd.DataFrame) -> str:
         return ""
     lines = []
     for source, group in gains.groupby("source", sort=False):
-        targets = list(dict.fromkeys(group.target))
-        white = set(group[group.white_box.astype(bool)].target)
-        heads = [f"{t} (white-box)" if t in white else t for t in targets]
+        targets, heads = _target_heads(group)
         lines += [
             f"**source: {source}**, gain over {group.baseline.iloc[0]} in points\n",
             "| attack | " + " | ".join(heads) + " |",

@@ -94,6 +94,22 @@ def test_passes_per_image_are_in_results_tables_and_plot(tmp_path):
     assert (out / "passes.png").stat().st_size > 0
 
 
+def test_svre_runs_on_an_ensemble_source_and_counts_member_passes(tmp_path, capsys):
+    """mi+svre through `transferlab run`: per step 2 (data term) + 2 anchors + 3 inner member passes; a
+    single-model source is refused by the dry run and the run, naming the fix."""
+    from transferlab.cli import main
+
+    config = write_config(tmp_path, **{"models.sources": [["tiny_a", "tiny_b"]],
+                                       "attacks": {"svre": {"method": "mi+svre", "svre": {"inner": 3}}}})
+    main(["run", str(config), "--out", str(tmp_path / "plan"), "--dry-run"])  # 5 steps (the config's)
+    plan = capsys.readouterr().out
+    assert "tiny_a+tiny_b" in plan and "2 members fused by logits" in plan and "~35 passes/image" in plan
+    results = run(config, tmp_path / "run", "attack_defaults.steps=2")["results"]
+    assert results.groupby("attack")[["passes_per_step", "passes"]].first().loc["svre"].tolist() == [7, 14]
+    with pytest.raises(Exception, match="list of models in models.sources"):
+        run(config, tmp_path / "single", "models.sources=[tiny_a]", "attack_defaults.steps=2")
+
+
 def test_compute_matched_gains_pair_each_attack_with_the_mi_entry_of_equal_passes(tmp_path):
     out = tmp_path / "run"
     config = write_config(tmp_path, attacks={

@@ -137,7 +137,7 @@ def cmd_check_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_attacks(args: argparse.Namespace) -> int:
-    from transferlab.attacks.registry import BASE_NAMES, PRESETS, describe_components
+    from transferlab.attacks.registry import BASE_NAMES, ENSEMBLE_SHOWN, PRESETS, describe_components
     from transferlab.plugins import load_plugins
 
     load_plugins(args.plugin)
@@ -152,6 +152,8 @@ def cmd_attacks(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v!r}" for k, v in row["params"].items()) or "-"
         origin = "" if row["module"].startswith("transferlab.") else f"  [plug-in: {row['module']}]"
         passes = "?" if row["passes"] is None else f"{row['passes']:g}"
+        if row.get("ensemble") and row["passes"] is not None:
+            passes += f" (member passes, {ENSEMBLE_SHOWN}-model ensemble source)"
         doc = textwrap.wrap(row["doc"] + origin, 100) or [""]
         print(f"  {row['name']:<6} {doc[0]}")
         for line in doc[1:]:

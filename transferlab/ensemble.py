@@ -11,6 +11,8 @@ mean logits). Components see the ensemble as one model: SGM, taps and hooks reac
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ class Ensemble(nn.Module):
             raise ValueError(f"ensemble {name}: members disagree on the number of classes ({classes})")
         self.num_classes = classes.pop()
         self.member_logits: list[torch.Tensor] = []
+        self._only: int | None = None
         digests = [f"{getattr(m, 'name', k)}={getattr(m, 'weights_sha256', None)}"
                    for k, m in enumerate(members)]
         known = all(getattr(m, "weights_sha256", None) for m in members)
@@ -40,13 +43,34 @@ class Ensemble(nn.Module):
         self.eval()
 
     def active_members(self) -> list[nn.Module]:
-        """The members a forward runs (all of them; a `Collection` attacks a few per step)."""
+        """The members a forward runs (all of them, or the one `only` selects; a `Collection` attacks a
+        few per step)."""
+        if self._only is not None:
+            return [self.members[self._only]]
         return list(self.members)
 
     @property
     def passes_per_call(self) -> int:
         """Member passes one forward of the ensemble costs during an attack step (cost accounting)."""
         return len(self.members)
+
+    @property
+    def call_share(self) -> float:
+        """The share of a full forward's cost that a forward costs now: 1, or 1/K inside `only`. The
+        attack loop counts model inputs in full forwards, so a single member's inputs count 1/K each."""
+        return 1.0 if self._only is None else 1.0 / len(self.members)
+
+    @contextmanager
+    def only(self, k: int) -> Iterator[None]:
+        """Forwards run member k alone (its logits are the ensemble's output) until the block ends
+        (SVRE's inner loop)."""
+        if not 0 <= k < len(self.members):
+            raise IndexError(f"ensemble {self.name} has {len(self.members)} members, no member {k}")
+        previous, self._only = self._only, int(k)
+        try:
+            yield
+        finally:
+            self._only = previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = [m(x) for m in self.active_members()]

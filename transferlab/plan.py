@@ -51,10 +51,16 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
         f"up to {limit} eligible per source ({cfg['data']['eligibility']} rule); output {out}/"
     )
     rows = {r["name"]: r for r in list_models(weights_dir=cfg["models"]["weights_dir"])}
-    names = list(dict.fromkeys([*cfg["models"]["sources"], *cfg["models"]["targets"]]))
+    ensembles = cfg["models"].get("ensembles") or {}
+    members = [m for s in cfg["models"]["sources"] for m in ensembles.get(s, [])]
+    names = list(dict.fromkeys([*cfg["models"]["sources"], *members, *cfg["models"]["targets"]]))
     missing = []
     print("\nmodels:")
     for name in names:
+        if name in ensembles:  # available when its members are (listed below)
+            print(f"  {name:<28} {'ensemble':<20} {len(ensembles[name])} members fused by "
+                  f"{cfg['models']['fusion']}")
+            continue
         explicit = (cfg["models"].get("weights") or {}).get(name)
         row = rows.get(name)
         collection = (cfg["models"].get("collections") or {}).get(name)
@@ -85,8 +91,8 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
     total = 0
     for name, spec in cfg["attacks"].items():
         attack = attack_from_spec(name, spec, data.resolution, cfg["seed"])
-        per_source = [attack.passes_total() * member_passes(cfg, source)
-                      for source in cfg["models"]["sources"]]
+        per_source = [attack.bind_source(k).passes_total() * k
+                      for k in (member_passes(cfg, source) for source in cfg["models"]["sources"])]
         passes = f"{per_source[0]:g}" if len(set(per_source)) == 1 else \
             "/".join(f"{p:g}" for p in per_source) + " (by source)"
         total += sum(per_source) * limit

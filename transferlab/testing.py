@@ -75,6 +75,14 @@ def run_battery(method: str, norm: str = "linf", params: dict | None = None) -> 
     eps = EPS[norm]
     model = TinyResNet()
     x, y = tiny_batch(4)
+    try:
+        if any(c.needs_ensemble for c in build_attack(method, params, eps=eps, alpha=eps / 3, steps=STEPS,
+                                                       norm=norm).components):
+            from transferlab.ensemble import Ensemble
+
+            model = Ensemble([TinyResNet(), TinyResNet(seed=3)], "tiny_pair")
+    except Exception as exc:  # the attack cannot even be built
+        return [Check("runs", False, f"{type(exc).__name__}: {exc}")]
     keys = [f"img{i}" for i in range(4)]
     pool, _ = tiny_batch(6, seed=9)  # images outside every batch below
 

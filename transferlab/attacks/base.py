@@ -57,7 +57,7 @@ class AttackContext:
     steps: int
     streams: ImageStreams
     step: int = 0
-    forwards: int = 0  # images passed through the model so far (cost accounting)
+    forwards: float = 0  # images passed through the model so far, in full forwards (cost accounting)
     x_adv: torch.Tensor | None = None  # the current adversarial image x + δ (before any look-ahead)
     state: dict[str, Any] = field(default_factory=dict)
     attack: Attack | None = None  # the attack running (for hooks that need its gradient or objective)
@@ -79,9 +79,11 @@ class AttackContext:
                 f"images was sized for {self.max_rows}: a component makes copies or extra inputs it does "
                 "not declare (batch_multiplier / extra_forwards)"
             )
-        self.forwards += rows
+        # inputs count in full forwards of the source: a single ensemble member's count 1/K (SVRE)
+        counted = rows * getattr(self.model, "call_share", 1.0)
+        self.forwards += counted
         key = self.caller or "data"
-        self.forwards_by[key] = self.forwards_by.get(key, 0) + rows
+        self.forwards_by[key] = self.forwards_by.get(key, 0) + counted
         return self.model(inputs)
 
     @property
@@ -115,6 +117,8 @@ class Component:
     #: parameters in 1/255 pixel units that a config may give relative to the budget, `sigma: 0.9375eps`
     #: (`transferlab.attacks.scaled`): absolute scales set for ε=16/255 do not carry over to other budgets
     pixel_params: ClassVar[tuple[str, ...]] = ()
+    #: attacks an ensemble source only (SVRE); the battery then attacks two tiny models
+    needs_ensemble: ClassVar[bool] = False
 
     def batch_multiplier(self) -> int:
         """Factor on the data term's model batch (VR: copies; VT: its neighbour call). Sizes micro-batches."""
@@ -141,6 +145,10 @@ class Component:
     def setup_inputs(self) -> int:
         """Peak model inputs per image in one of those setup forwards (sizes micro-batches)."""
         return self.setup_forwards()
+
+    def bind_source(self, members: int, attack: Attack) -> None:
+        """Told before costs are declared and before every run: how many members the source model has
+        (1, or K for an ensemble; SVRE's inner loop costs depend on it) and the attack it is part of."""
 
     def pool_size(self) -> int:
         """Other images per image this component mixes with (Admix); the loop provides them as
@@ -317,6 +325,7 @@ class Attack:
         if self.targeted and (target is None or target.shape != y.shape):
             raise ValueError(f"{self.name} is targeted: pass target classes (B,) with the images")
         keys = list(range(x.shape[0])) if keys is None else list(keys)
+        self.bind_source(source_members(model))
         streams = ImageStreams.for_keys(self.seed, keys, *scope, device=x.device)
         pools = self._draw_pools(keys, scope, pool, x)
         micro = self.images_per_forward()
@@ -332,6 +341,12 @@ class Attack:
             }
             out[index] = self._run_batch(model, x[index], y[index], sub, index, on_step, **extra)
         return out
+
+    def bind_source(self, members: int) -> Attack:
+        """Tell the components the source's member count (`Component.bind_source`); returns self."""
+        for c in self.components:
+            c.bind_source(int(members), self)
+        return self
 
     def pool_size(self) -> int:
         return max([0, *(c.pool_size() for c in self.components)])
@@ -573,7 +588,9 @@ class Attack:
         """Planned forward(+backward) passes per image per step (at the peak: every component's extras;
         `passes_total` is the whole attack's)."""
         data = math.prod(c.cost_multiplier() for c in self.components)
-        return data + sum(c.extra_forwards() for c in self.components)
+        steps = max(1, self.steps)
+        return data + sum(max(c.extra_forwards(), c.extra_forwards_total(steps) / steps)
+                          for c in self.components)
 
     def forwards_per_step(self) -> float | None:
         """Images forwarded per image per step in the last micro-batch (cost accounting, includes
@@ -582,6 +599,12 @@ class Attack:
         if ctx is None or self.steps == 0:
             return None
         return ctx.forwards / (ctx.batch * self.steps)
+
+
+def source_members(model: nn.Module) -> int:
+    """Members of a source model: an ensemble's (a collection's sets), else 1."""
+    members = getattr(model, "members", None)
+    return len(members) if members is not None else 1
 
 
 def rows_per_image(rows: int, ctx: AttackContext) -> int:

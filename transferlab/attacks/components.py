@@ -9,7 +9,8 @@ BUILTIN_MODULES = ("momentum", "variance_tuning", "variance_reduction", "input_d
                    "scale_invariance", "admix", "spectrum_simulation", "block_shuffle_rotation",
                    "structure_invariance", "gradient_norm_penalty", "gradient_relevance",
                    "reverse_perturbation",
-                   "linear_backprop", "intermediate_level", "feature_importance", "neuron_attribution")
+                   "linear_backprop", "intermediate_level", "feature_importance", "neuron_attribution",
+                   "variance_reduced_ensemble")
 
 for _module in BUILTIN_MODULES:
     try:

@@ -172,8 +172,12 @@ def describe_components() -> list[dict[str, Any]]:
         paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
         doc = " ".join(line.strip() for line in paragraph.splitlines())
         rows.append({"name": name, "params": defaults, "doc": doc, "module": cls.__module__,
-                     "passes": default_passes(cls)})
+                     "passes": default_passes(cls), "ensemble": cls.needs_ensemble})
     return rows
+
+
+#: ensemble size at which `transferlab attacks` shows the cost of ensemble-only components
+ENSEMBLE_SHOWN = 4
 
 
 def default_passes(cls: type[Component], resolution: int = 224) -> float | None:
@@ -182,6 +186,8 @@ def default_passes(cls: type[Component], resolution: int = 224) -> float | None:
     without parameters."""
     try:
         attack = Attack([cls()], eps=16 / 255, alpha=2 / 255, steps=1)
+        if cls.needs_ensemble:  # member passes with a 4-model ensemble
+            return attack.bind_source(ENSEMBLE_SHOWN).passes_per_step() * ENSEMBLE_SHOWN
+        return attack.passes_per_step()
     except Exception:  # a component with required parameters: its cost depends on them
         return None
-    return attack.passes_per_step()

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from transferlab.attacks.base import source_members
 from transferlab.data import Item, to_float
 from transferlab.ensemble import passes_per_call
 from transferlab.eval.quantize import perturbation_norms, quantize
@@ -55,9 +56,9 @@ def job_record(exp: Experiment, job: Job) -> dict:
         cost_path = run.cost_file(job.attack, job.source, "run")
         if not cost_path.exists():
             atomic_write_json(cost_path, legacy_cost(meta))
-    attack = exp.build(job)
-    per_call = passes_per_call(exp.model(job.source))
-    total = attack.passes_total() * per_call
+    model = exp.model(job.source)
+    attack = exp.build(job).bind_source(source_members(model))
+    total = attack.passes_total() * passes_per_call(model)
     record = {
         "key": key,
         "key_format": KEY_FORMAT,

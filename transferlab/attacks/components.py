@@ -10,7 +10,7 @@ BUILTIN_MODULES = ("momentum", "variance_tuning", "variance_reduction", "input_d
                    "structure_invariance", "gradient_norm_penalty", "gradient_relevance",
                    "reverse_perturbation",
                    "linear_backprop", "intermediate_level", "feature_importance", "neuron_attribution",
-                   "variance_reduced_ensemble")
+                   "variance_reduced_ensemble", "expected_flatness")
 
 for _module in BUILTIN_MODULES:
     try:

@@ -312,6 +312,11 @@ def test_only_runs_the_named_attacks(tmp_path, tiny_models, capsys):
     assert set(pd.read_csv(tmp_path / "r" / "results.csv").attack) == {"pgd_l2"}
     assert cli.main(["run", str(config), "--out", str(tmp_path / "r"), "--only", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
+    attacks = list(load_config(config)["attacks"])
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "s"), "--skip", "pgd_l2", "--quiet"]) == 0
+    assert set(pd.read_csv(tmp_path / "s" / "results.csv").attack) == set(attacks) - {"pgd_l2"}
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "s"), "--skip", "nosuch"]) == 2
+    assert "--skip names attacks not in the config" in capsys.readouterr().err
 
 
 def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape_rounding(

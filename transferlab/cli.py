@@ -36,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, args.plugin)
     if args.only:
         cfg = select_attacks(cfg, args.only, args.config)
+    if args.skip:
+        cfg = skip_attacks(cfg, args.skip, args.config)
     out = Path(args.out or Path("runs") / cfg["name"])
     if args.dry_run:
         from transferlab.plan import print_plan
@@ -98,6 +100,19 @@ def select_attacks(cfg: dict, only: str, path: str) -> dict:
     cfg = dict(cfg)
     cfg["attacks"] = {k: v for k, v in cfg["attacks"].items() if k in names}
     return cfg
+
+
+def skip_attacks(cfg: dict, skip: str, path: str) -> dict:
+    """Drop the named attacks of a config (comma-separated); the rest keep the config's order."""
+    from transferlab.errors import ConfigError
+
+    names = [n.strip() for n in skip.split(",") if n.strip()]
+    unknown = [n for n in names if n not in cfg["attacks"]]
+    if unknown:
+        raise ConfigError(
+            f"{path}: --skip names attacks not in the config: {unknown}; it has {list(cfg['attacks'])}"
+        )
+    return select_attacks(cfg, ",".join(a for a in cfg["attacks"] if a not in names) or " ", path)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -204,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first remove the transferlab run in --out (refuses any other folder; see README)",
     )
     run.add_argument("--only", metavar="A,B", help="run only these attacks of the config (comma-separated)")
+    run.add_argument("--skip", metavar="A,B", help="run every attack of the config but these (comma-separated)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument(
         "--shard",

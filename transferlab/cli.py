@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first remove the transferlab run in --out (refuses any other folder; see README)",
     )
     run.add_argument("--only", metavar="A,B", help="run only these attacks of the config (comma-separated)")
-    run.add_argument("--skip", metavar="A,B", help="run every attack of the config but these (comma-separated)")
+    run.add_argument("--skip", metavar="A,B", help="run all attacks but these (comma-separated)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument(
         "--shard",

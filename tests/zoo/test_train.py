@@ -196,3 +196,26 @@ def test_committed_weights_match_their_table() -> None:
         path = folder / row["file"]
         assert path in files and sha256_file(path) == row["sha256"]
         assert load_model(name).weights_sha256 == row["sha256"]
+
+
+def test_zoo_check_reproduces_a_committed_record_and_flags_a_changed_one(tmp_path: Path, cache: Path) -> None:
+    """`zoo check` reruns a recipe's first epoch from its manifest and compares it with the log."""
+    from transferlab.zoo.check import check_first_epochs
+
+    record = tmp_path / "record"
+    record.mkdir()
+    manifest = run(_cfg(epochs=2, limit=256, test_limit=100), tmp_path / "full", threads=1, cache_dir=cache,
+                   progress=False)
+    manifest["config"]["data"], manifest["config"]["test_data"] = str(TRAIN_JPG), str(TEST_JPG)
+    (record / "cifar10_vgg11_bn_manifest.json").write_text(json.dumps(manifest))
+    log = (tmp_path / "full" / "log.csv").read_text()
+    (record / "cifar10_vgg11_bn_log.csv").write_text(log)
+    rows = check_first_epochs("vgg11_bn", tmp_path / "again", 1, cache, progress=False, folder=record)
+    assert len(rows) == 1 and rows[0].ok
+    lines = log.splitlines()
+    first = lines[1].split(",")
+    first[2] = f"{float(first[2]) + 1e-3:.9f}"  # a committed loss the recipe does not give
+    changed = "\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n"
+    (record / "cifar10_vgg11_bn_log.csv").write_text(changed)
+    rows = check_first_epochs("vgg11_bn", tmp_path / "again", 1, cache, progress=False, folder=record)
+    assert not rows[0].ok

@@ -1,4 +1,4 @@
-"""CLI: `transferlab zoo train ARCH`, `zoo lgv ARCH --from WEIGHTS`, `zoo install OUT`.
+"""CLI: `transferlab zoo train ARCH`, `zoo lgv ARCH --from WEIGHTS`, `zoo check ARCH`, `zoo install OUT`.
 
 `transferlab/cli.py` calls `register(subparsers)`; each subcommand sets `func(args) -> int`. Running the
 same `train`/`lgv` command again resumes a killed run from its last finished epoch (LGV: snapshot).
@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float, what: str) -> No
 
 
 def register(subparsers) -> None:
-    """Add the `zoo` command with its `train`, `lgv` and `install` subcommands."""
+    """Add the `zoo` command with its `train`, `lgv`, `check` and `install` subcommands."""
     from transferlab.zoo.train import LGV_DEFAULTS
 
     zoo = subparsers.add_parser("zoo", help="train the cross-architecture CIFAR-10 zoo, collect LGV weights")
@@ -54,6 +54,15 @@ def register(subparsers) -> None:
     lgv.add_argument("--momentum", type=float, default=LGV_DEFAULTS["momentum"])
     lgv.add_argument("--label-smoothing", type=float, default=0.0)
     lgv.set_defaults(func=cmd_train, mode="lgv", install=False)
+
+    check = sub.add_parser("check", help="rerun the first epochs of a committed model's recipe; compare with "
+                           "its committed log (results/zoo/)")
+    check.add_argument("arch", metavar="ARCH", help=f"one of {', '.join(ZOO_ARCHS)}")
+    check.add_argument("--epochs", type=int, default=1, help="epochs to rerun and compare (default 1)")
+    check.add_argument("--out", help="folder for the rerun (default a temporary folder, removed after)")
+    check.add_argument("--cache", help="decoded JPEG arrays (default ~/.cache/transferlab/zoo)")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_check)
 
     install = sub.add_parser("install", help="copy a finished run's weights into transferlab/zoo/weights/")
     install.add_argument("out", metavar="OUT", help="the --out folder of a finished `zoo train`")
@@ -89,6 +98,29 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"(sha256 {manifest['sha256']})")
     if args.install:
         print(f"installed {install_weights(out)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from transferlab.zoo.check import LOSS_TOL, check_first_epochs
+
+    with tempfile.TemporaryDirectory(prefix="zoo-check-") as tmp:
+        rows = check_first_epochs(args.arch, args.out or tmp, args.epochs, args.cache, not args.quiet)
+    print("| epoch | train loss (committed) | train loss (now) | diff | train acc (committed / now) | "
+          "test acc (committed / now) | |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.epoch} | {r.committed_loss:.8f} | {r.loss:.8f} | {r.loss - r.committed_loss:+.2e} | "
+              f"{r.committed_acc} / {r.acc} | {r.committed_test} / {r.test} | "
+              f"{'reproduced' if r.ok else 'DIFFERS'} |")
+    bad = [r.epoch for r in rows if not r.ok]
+    if bad:
+        print(f"epochs {bad} differ from the committed log (loss tolerance {LOSS_TOL:g}; accuracies exact): "
+              "compare torch version, CPU instruction set and threads with the committed manifest")
+        return 1
+    print(f"reproduced: the first {len(rows)} epoch(s) match the committed log")
     return 0
 
 

@@ -198,9 +198,18 @@ def _save_png(fig, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")  # keeps legends
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def attack_colours(attacks: list[str]) -> dict[str, tuple]:
+    """One distinct colour per attack, in config order, the same in every plot of a run: tab10 up to ten
+    attacks, tab20 up to twenty, evenly spaced along `turbo` beyond."""
+    if len(attacks) <= 20:
+        cmap = plt.cm.tab10 if len(attacks) <= 10 else plt.cm.tab20
+        return {a: cmap(k) for k, a in enumerate(attacks)}
+    return {a: plt.cm.turbo(k / (len(attacks) - 1)) for k, a in enumerate(attacks)}
 
 
 def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success") -> bool:
@@ -215,7 +224,7 @@ def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "tr
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols + 2, 3.2 * rows_n), squeeze=False)
     attacks = list(dict.fromkeys(sub.attack))
-    colours = {a: plt.cm.tab20(k % 20) for k, a in enumerate(attacks)}
+    colours = attack_colours(list(dict.fromkeys(results[results.metric == metric].attack)))
     for ax, (source, target) in zip(axes.flat, panels):
         group = sub[(sub.source == source) & (sub.target == target)]
         for r in group.itertuples():
@@ -242,6 +251,7 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "
     """Grouped bars: one group per target, one bar per attack, 95% intervals as error bars."""
     sub = results[results.metric == metric]
     sources = list(dict.fromkeys(sub.source))
+    colours = attack_colours(list(dict.fromkeys(sub.attack)))
     fig, axes = plt.subplots(
         1, len(sources), figsize=(max(6, 1.6 * sub.target.nunique() * len(sources) + 3), 4), squeeze=False
     )
@@ -256,7 +266,7 @@ def transfer_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "
             err = np.clip(
                 np.vstack([rows.success_rate - rows.ci_low, rows.ci_high - rows.success_rate]), 0, None
             )
-            ax.bar(xs, rows.success_rate, width, yerr=err, capsize=2, label=attack)
+            ax.bar(xs, rows.success_rate, width, yerr=err, capsize=2, label=attack, color=colours[attack])
         ax.set_xticks(range(len(targets)))
         white = set(group[group.white_box.astype(bool)].target)
         ax.set_xticklabels([f"{t}\n(white-box)" if t in white else t for t in targets], fontsize=8)

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     gains = gains_over(records, baseline=args.reference)
     out = args.run_dir / f"gains_over_{args.reference}.csv"
     atomic_write_csv(out, gains)
-    manifest = {"script": "scripts/paired_gains.py", "run_dir": str(args.run_dir), "reference": args.reference,
-                "attacks": wanted, "n_boot": 2000, "seed": 0, **provenance()}
+    manifest = {"script": "scripts/paired_gains.py", "run_dir": str(args.run_dir),
+                "reference": args.reference, "attacks": wanted, "n_boot": 2000, "seed": 0, **provenance()}
     atomic_write_json(out.with_suffix(".manifest.json"), manifest)
     print(gains_markdown(gains))
     return 0

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,6 +568,28 @@ def test_lock_scopes_and_stale_locks(tmp_path):
     (run / ".locks" / "run.lock").write_text(json.dumps(elsewhere))
     with pytest.raises(RunLockedError, match="another-host"):  # never broken across hosts
         RunLock(run).acquire()
+
+
+def test_a_waiting_lock_says_it_waits_and_goes_on_when_released(tmp_path):
+    import threading
+
+    run = tmp_path / "run"
+    said: list[str] = []
+    holder = RunLock(run, "select")
+    holder.acquire()
+    waiter = RunLock(run, "select", wait=True, poll_s=0.05, on_wait=said.append)
+    thread = threading.Thread(target=waiter.acquire)
+    thread.start()
+    while not said:
+        time.sleep(0.01)
+    assert waiter.held is False
+    holder.release()
+    thread.join(timeout=10)
+    assert waiter.held
+    waiter.release()
+    assert len(said) == 1
+    assert "holds select.lock" in said[0] and "goes on when it is released" in said[0]
+    assert "use another --out" not in said[0]  # the refusal's advice does not apply to a waiting process
 
 
 def test_interaction_refuses_other_weights_and_a_held_lock(tmp_path, models, monkeypatch):

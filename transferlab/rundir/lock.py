@@ -91,6 +91,7 @@ class RunLock:
         self.file = self.path / LOCKS / f"{scope}.lock"
         self.held = False
         self.took_over: list[dict] = []
+        self._blocker: tuple[dict, Path] | None = None
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -118,7 +119,7 @@ class RunLock:
                 if not self.wait:
                     raise
                 if not told and self.on_wait is not None:
-                    self.on_wait(str(exc))
+                    self.on_wait(self._wait_message() or str(exc))
                 told = True
                 time.sleep(self.poll_s)
 
@@ -130,6 +131,7 @@ class RunLock:
                 break
             holder = self._read(self.file)
             if holder is not None and _alive(holder):
+                self._blocker = (holder, self.file)
                 raise RunLockedError(self._message(holder, self.file))
             self.took_over.append(holder or {})
             self.file.unlink(missing_ok=True)
@@ -144,6 +146,7 @@ class RunLock:
                 other.unlink(missing_ok=True)
                 continue
             self.release()
+            self._blocker = (holder, other)
             raise RunLockedError(self._message(holder, other))
 
     def _create(self) -> bool:
@@ -181,6 +184,18 @@ class RunLock:
             f"{self.path} is in use: pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} "
             f"since {holder.get('since', '?')} ({holder.get('command', '?')}). Wait for it to finish or use "
             f"another --out; if that process is gone, delete {file}"
+        )
+
+    def _wait_message(self) -> str | None:
+        """What a waiting process prints: who holds the lock, and that it goes on by itself."""
+        blocker = self._blocker
+        if blocker is None:
+            return None
+        holder, file = blocker
+        return (
+            f"pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} since "
+            f"{holder.get('since', '?')} ({holder.get('command', '?')}); this process goes on when it is "
+            f"released (if that process is gone on another host, delete {file})"
         )
 
     def release(self) -> None:

@@ -23,6 +23,9 @@ from transferlab.rundir import job_key
 MODELS = {"tiny_a": 0, "tiny_b": 1, "tiny_c": 2}
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture
 def tiny_models(monkeypatch):
     cache = {}
@@ -206,6 +209,47 @@ def test_limit_runs_on_first_eligible_images(tmp_path, tiny_models):
     assert records[records.attack == "pgd"].image_id.nunique() == 4
     # round-robin across classes: the first images come from different classes
     assert records.label.nunique() == 3
+
+
+def test_a_run_in_parts_by_skip_gives_the_whole_runs_images_and_bytes(tmp_path, tiny_models):
+    config = write_config(tmp_path)
+    run(config, tmp_path / "whole", "data.limit=8")
+    run(config, tmp_path / "first", "data.limit=3")
+    run(config, tmp_path / "rest", "data.skip=3", "data.limit=5")
+    whole, first, rest = (pd.read_csv(tmp_path / d / "eligible.csv") for d in ("whole", "first", "rest"))
+    assert list(whole.image_id) == list(first.image_id) + list(rest.image_id)  # the same images, in order
+    keep = ["image_id", "attack", "target", "adv_pred", "fooled"]
+    parts = pd.concat([pd.read_csv(tmp_path / d / "records.csv")[keep] for d in ("first", "rest")])
+    whole_records = pd.read_csv(tmp_path / "whole" / "records.csv")[keep]
+    key = ["attack", "target", "image_id"]
+    pd.testing.assert_frame_equal(parts.sort_values(key).reset_index(drop=True),
+                                  whole_records.sort_values(key).reset_index(drop=True))
+    for png in (tmp_path / "rest" / "adv").rglob("*.png"):  # an image's result does not depend on its part
+        assert png.read_bytes() == (tmp_path / "whole" / png.relative_to(tmp_path / "rest")).read_bytes()
+    # the parts' records pooled by scripts/paired_gains.py give the whole run's paired gains
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired_gains", REPO / "scripts" / "paired_gains.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "first"), str(tmp_path / "rest"), "--reference", "pgd",
+                        "--out", str(tmp_path / "pooled")]) == 0
+    pooled = pd.read_csv(tmp_path / "pooled" / "gains_over_pgd.csv")
+    reference = pd.read_csv(tmp_path / "whole" / "gains.csv")
+    reference = reference[reference.baseline == "pgd"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pooled, reference[pooled.columns])
+    with pytest.raises(SystemExit, match="shares images"):
+        script.main([str(tmp_path / "first"), str(tmp_path / "whole"), "--reference", "pgd",
+                     "--out", str(tmp_path / "pooled")])
+    # in the same directory another skip selects again, as another data.limit does; results stay per image
+    run(config, tmp_path / "rest", "data.skip=2", "data.limit=5")
+    again = pd.read_csv(tmp_path / "rest" / "eligible.csv")
+    assert list(again.image_id) == list(whole.image_id)[2:7]
+
+
+def test_skip_must_be_a_non_negative_integer(tmp_path):
+    with pytest.raises(ConfigError, match="data.skip"):
+        load_config(write_config(tmp_path, **{"data.skip": -1}))
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

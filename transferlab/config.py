@@ -44,6 +44,7 @@ SCHEMA: dict[str, Any] = {
         "resolution": 224,
         "crop_pct": 0.875,
         "limit": None,
+        "skip": 0,  # leave out the first `skip` eligible images of each source (a run in parts)
         "eligibility": "source",  # source | all
         "on_error": "raise",  # raise | skip
     },
@@ -435,6 +436,9 @@ def _check_data(data: dict, where: str) -> None:
     limit = data["limit"]
     if limit is not None and (not _integer(limit) or limit < 1):
         _fail(where, f"'data.limit' must be a positive integer or null, got {limit!r}")
+    skip = data["skip"]
+    if not _integer(skip) or skip < 0:
+        _fail(where, f"'data.skip' must be a non-negative integer (eligible images left out), got {skip!r}")
     resolution = data["resolution"]
     if not _integer(resolution) or not 8 <= resolution <= 4096:
         _fail(where, f"'data.resolution' must be an integer (pixels) in [8, 4096], got {resolution!r}")

@@ -46,9 +46,11 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
 
     data = open_dataset(cfg["data"])
     limit = cfg["data"]["limit"] or len(data)
+    skip = cfg["data"].get("skip") or 0
+    left_out = f", after the first {skip} eligible" if skip else ""
     print(
         f"config {cfg['name']}: {len(data)} images of kind '{data.name}' at {data.resolution} px; "
-        f"up to {limit} eligible per source ({cfg['data']['eligibility']} rule); output {out}/"
+        f"up to {limit} eligible per source ({cfg['data']['eligibility']} rule{left_out}); output {out}/"
     )
     rows = {r["name"]: r for r in list_models(weights_dir=cfg["models"]["weights_dir"])}
     ensembles = cfg["models"].get("ensembles") or {}

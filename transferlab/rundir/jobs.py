@@ -35,8 +35,9 @@ def jobs_of(cfg: dict) -> list[Job]:
 
 
 def data_identity(cfg: dict) -> dict:
-    """The data settings that decide which clean images a run holds (`data.limit` only extends)."""
-    return {k: v for k, v in cfg["data"].items() if k not in ("limit", "on_error")}
+    """The data settings that decide an image's clean pixels and so its result (`data.limit` only extends
+    a run and `data.skip` only leaves images out: neither changes any image's result)."""
+    return {k: v for k, v in cfg["data"].items() if k not in ("limit", "skip", "on_error")}
 
 
 def _digest(payload: object, size: int = 16) -> str:
@@ -83,6 +84,7 @@ def plan_digest(cfg: dict, digests: dict[str, str]) -> str:
         "jobs": {f"{j.attack}/{j.source}": job_key(cfg, j, digests[j.source]) for j in jobs_of(cfg)},
         "data": data_identity(cfg),
         "limit": cfg["data"]["limit"],
+        **({"skip": cfg["data"]["skip"]} if cfg["data"].get("skip") else {}),  # absent at 0: old digests hold
         "targets": {t: digests[t] for t in cfg["models"]["targets"]},
         "eval": cfg["eval"],
         "seed": cfg["seed"],

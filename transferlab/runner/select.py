@@ -1,7 +1,9 @@
 """Stage 1: clean predictions of every model, and the images each source attacks (decided once).
 
 The dataset is scanned in order, predicting with every model, until each source has `data.limit` images
-it classifies correctly (with eligibility 'all': every model in the run does). Predictions are cached in
+it classifies correctly (with eligibility 'all': every model in the run does), after leaving out the first
+`data.skip` such images (a long run in parts: `skip=0 limit=50`, then `skip=50 limit=50`; per-image streams
+make each image's result the same in either part). Predictions are cached in
 clean.csv, so the decision is a function of the cached predictions: every shard that reads them reaches
 the same eligible lists, written to eligible.csv.
 """
@@ -33,6 +35,7 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
     """{source: eligible items in attack order}; writes clean.csv, clean/ PNGs and eligible.csv."""
     t0 = time.time()
     limit = exp.cfg["data"]["limit"]
+    skip = exp.cfg["data"].get("skip") or 0
     rule = exp.cfg["data"]["eligibility"]
     sources = exp.cfg["models"]["sources"]
     known = exp.run_dir.read_clean()
@@ -41,6 +44,7 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
     rows: list[pd.DataFrame] = [] if known is None else [known]
     done = set() if known is None else set(zip(known.image_id, known.model))
     eligible: dict[str, list[Item]] = {s: [] for s in sources}
+    skipped: dict[str, int] = dict.fromkeys(sources, 0)
     batch = prediction_batch(exp.resolution)
     bar = tqdm(
         total=limit or len(exp.dataset),
@@ -71,7 +75,10 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
                 if (not limit or len(eligible[s]) < limit) and all(
                     ok.get((item.image_id, m), False) for m in need
                 ) and item.target != item.label:
-                    eligible[s].append(item)
+                    if skipped[s] < skip:
+                        skipped[s] += 1
+                    else:
+                        eligible[s].append(item)
         bar.update(len(items) if not limit else min(limit, min(len(v) for v in eligible.values())) - bar.n)
     bar.close()
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CLEAN_COLUMNS)
@@ -82,12 +89,14 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
     if exp.dataset.skipped:
         exp.timings["skipped_files"] = len(exp.dataset.skipped)
     for s, items in eligible.items():
+        left_out = f" after data.skip={skip}" if skip else ""
         if not items:
-            raise RunError(f"no image is eligible for source {s} (rule '{rule}'); check labels and weights")
+            raise RunError(f"no image is eligible for source {s} (rule '{rule}'){left_out}; check labels, "
+                           "weights and data.skip")
         if limit and len(items) < limit:
             exp.notice(
                 f"data.limit={limit} but only {len(items)} of the {exp.scanned} images in the dataset "
-                f"are eligible for source {s} (rule '{rule}'): the run attacks {len(items)}"
+                f"are eligible for source {s} (rule '{rule}'){left_out}: the run attacks {len(items)}"
             )
     exp.run_dir.write_eligible({s: [(i.image_id, i.label, i.target) for i in v] for s, v in eligible.items()})
     return eligible

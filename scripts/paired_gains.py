@@ -11,6 +11,10 @@ images, 2000 resamples]:
 
     python scripts/paired_gains.py RUN_DIR --reference pgd_ir_control --attacks pgd_ir
     python scripts/paired_gains.py PART_A PART_B --reference pgd --out results/pooled
+    python scripts/paired_gains.py RUN_DIR --across-sources --reference pgd@cifar10_resnet20
+
+`--across-sources` compares sources too: each attack is named ATTACK@SOURCE and paired with the reference
+on the images both attacked (e.g. PGD on an LGV collection against PGD on the surrogate it came from).
 """
 
 from __future__ import annotations
@@ -69,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--reference", required=True, help="the attack the gains are measured against")
     parser.add_argument("--attacks", help="comma-separated attacks to compare (default: all others)")
+    parser.add_argument("--across-sources", action="store_true",
+                        help="name attacks ATTACK@SOURCE and pair them across sources")
     parser.add_argument("--out", type=Path, help="folder for the tables (default: the first run directory)")
     args = parser.parse_args(argv)
     records = pooled_records(args.run_dirs)
+    if args.across_sources:
+        records = records.assign(attack=records.attack + "@" + records.source, source="any source")
     known = list(dict.fromkeys(records.attack))
     wanted = args.attacks.split(",") if args.attacks else [a for a in known if a != args.reference]
     missing = [a for a in [args.reference, *wanted] if a not in known]
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     gains = gains_over(records, baseline=args.reference)
     out_dir = args.out or args.run_dirs[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"gains_over_{args.reference}.csv"
+    out = out_dir / f"gains_over_{args.reference.replace('@', '_at_')}.csv"
     atomic_write_csv(out, gains)
     manifest = {"script": "scripts/paired_gains.py", "run_dirs": [str(d) for d in args.run_dirs],
                 "reference": args.reference, "attacks": wanted, "n_boot": 2000, "seed": 0,

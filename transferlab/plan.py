@@ -91,6 +91,7 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
         print(f"  {name:<28} {status:<20} {where}")
     print("\njobs (attack x source), forward+backward passes per image:")
     total = 0
+    width = max([14, *(len(name) for name in cfg["attacks"])])
     for name, spec in cfg["attacks"].items():
         attack = attack_from_spec(name, spec, data.resolution, cfg["seed"])
         per_source = [attack.bind_source(k).passes_total() * k
@@ -104,7 +105,7 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
                 if relative_factor(value) is not None and comp in params:
                     params[comp][key] = f"{params[comp][key]:g} (= {value.strip()} at eps {spec['eps']:g})"
         print(
-            f"  {name:<14} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 "
+            f"  {name:<{width}} {spec['norm']} eps={spec['eps']}/255 alpha={spec['alpha']}/255 "
             f"steps={spec['steps']} "
             f"random_start={attack.random_start}  ~{passes} passes/image  {params}"
         )

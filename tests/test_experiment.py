@@ -361,6 +361,14 @@ def test_only_runs_the_named_attacks(tmp_path, tiny_models, capsys):
     assert set(pd.read_csv(tmp_path / "s" / "results.csv").attack) == set(attacks) - {"pgd_l2"}
     assert cli.main(["run", str(config), "--out", str(tmp_path / "s"), "--skip", "nosuch"]) == 2
     assert "--skip names attacks not in the config" in capsys.readouterr().err
+    # an --only run into a directory tabled with more attacks says which left the tables, and how to
+    # table them again without recomputing
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "s"), "--only", "pgd_l2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "now cover only the attacks" in err and "pgd" in err.split("tabled before")[0]
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert set(pd.read_csv(tmp_path / "s" / "results.csv").attack) == set(attacks)
+    assert "now cover only" not in capsys.readouterr().err
 
 
 def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape_rounding(

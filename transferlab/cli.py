@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from transferlab.plan import print_plan
 
         return print_plan(cfg, out, shard=shard, threads=threads)
+    tabled_before = _tabled_attacks(out) if (args.only or args.skip) else set()
     t0 = time.time()
     world = dist.join_world() if dist.launched() else None
     try:
@@ -62,7 +63,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     split = f" in {exp.shard.count} shards" if exp.shard.sharded else ""
     print(f"\n{cfg['name']}: {len(exp.jobs())} attack jobs{split}, outputs in {out}/ ({took})")
     print((out / "table.md").read_text().split("## Error rate")[0])
+    dropped = sorted(tabled_before - set(cfg["attacks"]))
+    if dropped:
+        print(f"transferlab: the tables in {out}/ now cover only the attacks of this --only/--skip run; "
+              f"{', '.join(dropped)} were tabled before and are kept on disk: run again without "
+              "--only/--skip to table every attack (finished work is not recomputed)", file=sys.stderr)
     return 0
+
+
+def _tabled_attacks(out: Path) -> set[str]:
+    """The attacks the tables in `out` cover now (none when it holds no results.csv)."""
+    import csv
+
+    path = out / "results.csv"
+    if not path.is_file():
+        return set()
+    with path.open() as f:
+        return {row["attack"] for row in csv.DictReader(f)}
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from transferlab.eval.compare import gains_markdown, gains_over
-from transferlab.eval.stats import wilson_interval
+from transferlab.eval.stats import format_rate
 from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from transferlab.provenance import provenance
 
@@ -39,11 +39,12 @@ def pooled_records(run_dirs: list[Path]) -> pd.DataFrame:
         if not path.is_file():
             sys.exit(f"paired_gains: {path} is missing (run `transferlab report {d}` first)")
         frames.append(pd.read_csv(path))
-    first = frames[0]
-    shape = {(a, s, t) for a, s, t in zip(first.attack, first.source, first.target)}
+    def jobs(frame: pd.DataFrame) -> set[tuple]:
+        return set(zip(frame.attack, frame.source, frame.target))
+
     seen: set[str] = set()
     for d, frame in zip(run_dirs, frames):
-        if {(a, s, t) for a, s, t in zip(frame.attack, frame.source, frame.target)} != shape:
+        if jobs(frame) != jobs(frames[0]):
             sys.exit(f"paired_gains: {d} holds other attacks, sources or targets than {run_dirs[0]}")
         ids = set(frame.image_id)
         if ids & seen:
@@ -62,8 +63,7 @@ def rates_markdown(records: pd.DataFrame) -> str:
         cells = []
         for t in targets:
             fooled = group[group.target == t].fooled.astype(bool)
-            lo, hi = wilson_interval(int(fooled.sum()), len(fooled))
-            cells.append(f"{fooled.mean():.3f} [{lo:.2f}, {hi:.2f}] n={len(fooled)}")
+            cells.append(f"{format_rate(int(fooled.sum()), len(fooled))} n={len(fooled)}")
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -179,11 +179,15 @@ class RunLock:
             return {"host": "?", "pid": None}  # unreadable: never broken automatically
         return holder if isinstance(holder, dict) else {"host": "?", "pid": None}
 
+    @staticmethod
+    def _holder(holder: dict, file: Path) -> str:
+        return (f"pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} since "
+                f"{holder.get('since', '?')} ({holder.get('command', '?')})")
+
     def _message(self, holder: dict, file: Path) -> str:
         return (
-            f"{self.path} is in use: pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} "
-            f"since {holder.get('since', '?')} ({holder.get('command', '?')}). Wait for it to finish or use "
-            f"another --out; if that process is gone, delete {file}"
+            f"{self.path} is in use: {self._holder(holder, file)}. Wait for it to finish or use another "
+            f"--out; if that process is gone, delete {file}"
         )
 
     def _wait_message(self) -> str | None:
@@ -192,11 +196,8 @@ class RunLock:
         if blocker is None:
             return None
         holder, file = blocker
-        return (
-            f"pid {holder.get('pid')} on host {holder.get('host')} holds {file.name} since "
-            f"{holder.get('since', '?')} ({holder.get('command', '?')}); this process goes on when it is "
-            f"released (if that process is gone on another host, delete {file})"
-        )
+        return (f"{self._holder(holder, file)}; this process goes on when it is released (if that process "
+                f"is gone on another host, delete {file})")
 
     def release(self) -> None:
         if not self.held:

@@ -91,8 +91,8 @@ def select_images(exp: Experiment) -> dict[str, list[Item]]:
     for s, items in eligible.items():
         left_out = f" after data.skip={skip}" if skip else ""
         if not items:
-            raise RunError(f"no image is eligible for source {s} (rule '{rule}'){left_out}; check labels, "
-                           "weights and data.skip")
+            hint = "labels, weights and data.skip" if skip else "labels and weights"
+            raise RunError(f"no image is eligible for source {s} (rule '{rule}'){left_out}; check {hint}")
         if limit and len(items) < limit:
             exp.notice(
                 f"data.limit={limit} but only {len(items)} of the {exp.scanned} images in the dataset "

@@ -58,6 +58,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from transferlab.attacks.defaults import recorded_defaults
 from transferlab.attacks.registry import COMPONENTS, _load_builtins, build_attack, parse_method
 from transferlab.attacks.translation_invariance import default_kernel_size
 from transferlab.data import open_dataset, to_float
@@ -203,8 +204,11 @@ CIFAR_ONLY_SGM = ("torchattack SGM hooks ReLU modules by torchvision ResNet/Dens
 NO_SSA_AT_32 = ("torchattack SSA draws its noise as randn(b, 3, 224, 224) (ssa.py transform): it cannot run "
                 "on 32-px images")
 PER_BATCH = "theirs draw one {what} per batch (shared by its images), ours per image"
-DI_OURS = ("ours (default variant 'resample'): enlarge to a size in [H, ⌊1.1·H⌋), nearest, zero pad to "
-           "⌊1.1·H⌋, the unchanged branch nearest-resized to ⌊1.1·H⌋ as well, draws per image")
+DI_OURS = ("ours (default variant 'original', DI-2-FGSM's): with probability 0.5 enlarge to a size in "
+           "[H, ⌊1.1·H⌋), nearest, pad with 0.5 to ⌊1.1·H⌋ and resize back to H, else the input unchanged, "
+           "draws per image")
+DI_RESAMPLE = ("ours (variant 'resample'): enlarge to a size in [H, ⌊1.1·H⌋), nearest, zero pad to "
+               "⌊1.1·H⌋, the unchanged branch nearest-resized to ⌊1.1·H⌋ as well, draws per image")
 
 PAIRS: list[Pair] = [
     Pair("pgd", "pgd", {}, "torchattack", "IFGSM", {},
@@ -237,6 +241,17 @@ PAIRS: list[Pair] = [
          "their defaults already: decay 0, diversity_prob 0.5 = our p; resize_rate 0.9 (theirs)",
          known=f"{DI_OURS}; torchattacks: shrink to a size in [⌊0.9·H⌋, H), bilinear, zero pad to H, else "
                f"the input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
+    Pair("di_resample", "di", {"di": {"p": 0.5, "variant": "resample"}}, "torchattack", "DIFGSM",
+         {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
+         "ours variant 'resample' (the earlier default); theirs decay 1.0→0, diversity_prob 1.0→0.5, "
+         "resize_rate 0.9 (theirs)",
+         known=f"{DI_RESAMPLE}; torchattack: shrink to a size in [⌊0.9·H⌋, H), nearest, zero pad to H, else "
+               f"the input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
+    Pair("di_resample", "di", {"di": {"p": 0.5, "variant": "resample"}}, "torchattacks", "DIFGSM",
+         {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
+         "ours variant 'resample' (the earlier default); theirs at their defaults (resize_rate 0.9)",
+         known=f"{DI_RESAMPLE}; torchattacks: shrink to a size in [⌊0.9·H⌋, H), bilinear, zero pad to H, "
+               f"else the input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
     Pair("di_torchattacks", "di", {"di": {"p": 0.5, "variant": "torchattacks"}}, "torchattack", "DIFGSM",
          {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
          "ours variant 'torchattacks' (shrink 0.9, bilinear, pad to H); theirs decay 1.0→0, "
@@ -345,6 +360,15 @@ def resolve(value, *args) -> dict:
 
 def our_params(pair: Pair, setting: Setting) -> dict:
     return resolve(pair.params, setting)
+
+
+def ours_description(pair: Pair, setting: Setting) -> str:
+    """Our side of a row as recorded in the manifest: method, parameters and the changed defaults they
+    leave unset (`transferlab.attacks.defaults`), so that a row made under a former default is recomputed."""
+    params = our_params(pair, setting)
+    text = f"{pair.method} {json.dumps(params, default=str)}"
+    changed = recorded_defaults(pair.method, params)
+    return text + (f" defaults {json.dumps(changed, sort_keys=True, default=str)}" if changed else "")
 
 
 def readiness(pair: Pair, setting: Setting) -> str | None:
@@ -566,11 +590,13 @@ class Results:
         self.manifest["settings"][setting.name] = desc
         return dropped
 
-    def finished(self, setting: str, pair: Pair) -> bool:
+    def finished(self, setting: Setting, pair: Pair) -> bool:
+        """Whether the row is held, made with our side as it is now (a changed default recomputes it)."""
         if self.rows.empty:
             return False
         keys = set(zip(self.rows["setting"], self.rows["attack"], self.rows["library"]))
-        return (setting, *pair.key) in keys
+        meta = self.manifest["rows"].get("/".join((setting.name, *pair.key)), {})
+        return (setting.name, *pair.key) in keys and meta.get("ours") == ours_description(pair, setting)
 
     def add(self, rows: list[dict], meta: dict) -> None:
         setting, attack, library = row_key(rows[0])
@@ -656,7 +682,7 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
     ours_cache: dict[str, tuple[torch.Tensor, float]] = {}
     theirs_cache: dict[str, tuple[torch.Tensor, float]] = {}
     for pair in pairs:
-        if results.finished(s.name, pair):
+        if results.finished(s, pair):
             log(f"{s.name} {pair.attack} vs {pair.library}: finished earlier, kept")
             continue
         reason = readiness(pair, s)
@@ -704,7 +730,7 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
                          "seconds_theirs": t_theirs, "ours_low": a_lo, "ours_high": a_hi, "theirs_low": b_lo,
                          "theirs_high": b_hi, "same_bytes": same, "same_pixels": same_pixels})
         results.add(rows, {
-            "ours": f"{pair.method} {json.dumps(our_params(pair, s), default=str)}",
+            "ours": ours_description(pair, s),
             "theirs": f"{pair.library}.{pair.cls}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
             "aligned": pair.aligned, "known_difference": pair.known, "batch_theirs": their_batch(pair, s),
             "seconds_ours": t_ours, "seconds_theirs": t_theirs, "same_bytes": same,

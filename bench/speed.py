@@ -216,7 +216,7 @@ def main(argv=None) -> int:
             (
                 "di",
                 "di",
-                {"di": {"p": 0.5, "resize_rate": 1.1}},
+                {"di": {"p": 0.5, "resize_rate": 1.1, "variant": "resample"}},  # enlarge to 1.1·H, as theirs
                 lambda: torchattacks.DIFGSM(
                     src, eps=eps, alpha=alpha, steps=steps, decay=0.0, resize_rate=1.1, diversity_prob=0.5
                 ),

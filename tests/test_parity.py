@@ -138,6 +138,24 @@ def test_a_second_call_recomputes_nothing_and_a_changed_setting_recomputes(tmp_p
     assert changed.manifest["settings"]["tiny"]["steps"] == 2
 
 
+def test_a_row_made_under_a_former_default_is_recomputed(tmp_path, monkeypatch):
+    """DI's default changed ('resample' -> 'original'): a held `di` row recorded before says nothing of the
+    variant, so it is not taken as the new default's."""
+    pytest.importorskip("torchattacks")
+    pair = next(p for p in parity.PAIRS if p.attack == "di" and p.library == "torchattacks")
+    setting = tiny_prepared().setting
+    assert parity.ours_description(pair, setting).endswith('defaults {"di": {"variant": "original"}}')
+    parity.run_pairs(tiny_prepared(), [pair], tmp_path, progress=False, log=lambda _: None)
+    results = parity.Results(tmp_path)
+    results.use_setting(setting, 0)
+    assert results.finished(setting, pair)
+    key = "/".join((setting.name, *pair.key))
+    results.manifest["rows"][key]["ours"] = 'di {"di": {"p": 0.5}}'  # as recorded before the change
+    assert not results.finished(setting, pair)
+    resample = next(p for p in parity.PAIRS if p.attack == "di_resample" and p.library == "torchattacks")
+    assert "defaults" not in parity.ours_description(resample, setting)
+
+
 # ------------------------------------------------------------------------------------------- one real pair
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_pgd_equals_torchattack_ifgsm_byte_for_byte(dtype):

@@ -192,6 +192,7 @@ def _join(path: str, key: Any) -> str:
 
 
 def _check_attacks(cfg: dict, where: str) -> None:
+    from transferlab.attacks.defaults import recorded_defaults
     from transferlab.attacks.registry import make_component, parse_method, resolve_component
     from transferlab.attacks.scaled import resolve_relative
 
@@ -234,6 +235,9 @@ def _check_attacks(cfg: dict, where: str) -> None:
             make_component(key, resolve_relative(resolve_component(key), key, value, resolved["eps"], at), at)
             params[key] = value
         resolved["params"] = params
+        changed = recorded_defaults(method, params)
+        if changed:  # (absent otherwise: the keys of other attacks stay those of earlier runs)
+            resolved["defaults"] = changed
         attacks[name] = resolved
 
 

@@ -119,6 +119,10 @@ class Component:
     pixel_params: ClassVar[tuple[str, ...]] = ()
     #: attacks an ensemble source only (SVRE); the battery then attacks two tiny models
     needs_ensemble: ClassVar[bool] = False
+    #: parameters whose default changed after results were recorded, with their former value
+    #: (`transferlab.attacks.defaults`): entries leaving them unset record the current default in the
+    #: run's identity, and tables made before the change are labelled with the former value
+    former_defaults: ClassVar[dict[str, Any]] = {}
 
     def batch_multiplier(self) -> int:
         """Factor on the data term's model batch (VR: copies; VT: its neighbour call). Sizes micro-batches."""

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from transferlab.attacks.defaults import defaults_that_ran  # noqa: E402
 from transferlab.eval.compare import (  # noqa: E402
     baseline_of,
     empty_gains,
@@ -66,13 +67,20 @@ def settings_section(cfg: dict, overrides: list[str] | tuple[str, ...] = ()) -> 
     for name, spec in cfg["attacks"].items():
         method = "+".join(str(m) for m in np.atleast_1d(spec["method"]))
         start = {None: "default", True: "yes", False: "no"}[spec["random_start"]]
-        params = "; ".join(f"{k}: {v}" for k, v in spec["params"].items()) or "-"
+        params = "; ".join([f"{k}: {v}" for k, v in spec["params"].items()] + _defaults_cells(spec)) or "-"
         lines.append(
             f"| {name} | {method} | {spec['norm']} | {spec['eps']:g} | {spec['alpha']:g} | {spec['steps']} "
             f"| {start} | {params} |"
         )
     note = f"Overrides on the command line: `{' '.join(overrides)}`.\n\n" if overrides else ""
     return "\n## Settings (as run; ε, α in 1/255)\n\n" + note + "\n".join(lines) + "\n"
+
+
+def _defaults_cells(spec: dict) -> list[str]:
+    """Changed defaults an entry left unset, labelled with the value that ran (`attacks.defaults`)."""
+    ran, recorded = defaults_that_ran(spec)
+    label = "default" if recorded else "the default when this ran"
+    return [f"{comp}: {values} ({label})" for comp, values in ran.items()]
 
 
 def passes_of(run: RunDir, jobs: list) -> dict:

@@ -627,6 +627,23 @@ def fmt_rate(rate: float, lo: float, hi: float) -> str:
     return f"{rate:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def summary_lines(rows: pd.DataFrame, source: str | None) -> list[str]:
+    """One line per (attack, library): targets that match, the differences' range over transfer targets,
+    and the explanation of any difference (the per-target table follows)."""
+    lines = ["| attack | library | match | ours − theirs, transfer targets | differences explained by |",
+             "|---|---|---|---|---|"]
+    for (attack, library), g in rows.groupby(["attack", "library"], sort=False):
+        transfer = g[g["target"] != source]
+        match = int((g["verdict"] == "match").sum())
+        spread = (f"{transfer['diff'].min():+.3f} to {transfer['diff'].max():+.3f}" if len(transfer) else "-")
+        differs = g[g["verdict"] == "differs"]
+        why = "-" if differs.empty else str(differs["explanation"].iloc[0])
+        if len(why) > 160:
+            why = why[:157] + "…"
+        lines.append(f"| {attack} | {library} | {match}/{len(g)} | {spread} | {why} |")
+    return lines + [""]
+
+
 def markdown(rows: pd.DataFrame, manifest: dict) -> str:
     lines = ["# Parity with torchattack and torchattacks", "",
              "Transfer rate (share of adversarial images the target misclassifies, 8-bit, rounded) with 95% "
@@ -637,9 +654,10 @@ def markdown(rows: pd.DataFrame, manifest: dict) -> str:
         lines += [f"## {setting}", "",
                   f"source {desc.get('source')}; ε={desc.get('eps', 0) * 255:.4g}/255, "
                   f"α={desc.get('alpha', 0) * 255:.4g}/255, {desc.get('steps')} steps; images every model "
-                  f"classifies correctly.", "",
-                  "| attack | library | target | n | ours | theirs | ours − theirs | verdict | explanation |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"classifies correctly.", ""]
+        lines += summary_lines(rows[rows["setting"] == setting], desc.get("source")) + [
+            "| attack | library | target | n | ours | theirs | ours − theirs | verdict | explanation |",
+            "|---|---|---|---|---|---|---|---|---|"]
         for _, r in rows[rows["setting"] == setting].iterrows():
             target = r["target"] + (" (white-box)" if r["target"] == desc.get("source") else "")
             lines.append(

@@ -598,6 +598,18 @@ class Results:
         meta = self.manifest["rows"].get("/".join((setting.name, *pair.key)), {})
         return (setting.name, *pair.key) in keys and meta.get("ours") == ours_description(pair, setting)
 
+    def explain(self, setting: str, pair: Pair) -> bool:
+        """Re-derive a held row's explanations from the pair's current `known` text; whether any changed."""
+        mine = ((self.rows["setting"] == setting) & (self.rows["attack"] == pair.attack)
+                & (self.rows["library"] == pair.library))
+        now = self.rows.loc[mine, "verdict"].map(lambda v: explanation(pair, v))
+        old = self.rows.loc[mine, "explanation"].fillna("")
+        if (now == old).all():
+            return False
+        self.rows.loc[mine, "explanation"] = now
+        self.manifest["rows"]["/".join((setting, *pair.key))]["known_difference"] = pair.known
+        return True
+
     def add(self, rows: list[dict], meta: dict) -> None:
         setting, attack, library = row_key(rows[0])
         key = f"{setting}/{attack}/{library}"
@@ -702,6 +714,8 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
     for pair in pairs:
         if results.finished(s, pair):
             log(f"{s.name} {pair.attack} vs {pair.library}: finished earlier, kept")
+            if results.explain(s.name, pair):  # the explanations are text about the code: kept current
+                results.write(extra)
             continue
         reason = readiness(pair, s)
         if reason is not None:

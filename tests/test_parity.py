@@ -138,6 +138,23 @@ def test_a_second_call_recomputes_nothing_and_a_changed_setting_recomputes(tmp_p
     assert changed.manifest["settings"]["tiny"]["steps"] == 2
 
 
+def test_a_held_rows_explanation_follows_the_pairs_current_text_without_recomputing(tmp_path, monkeypatch):
+    pytest.importorskip("torchattack")
+    pair = next(p for p in parity.PAIRS if p.attack == "pgd" and p.library == "torchattack")
+    parity.run_pairs(tiny_prepared(), [pair], tmp_path, progress=False, log=lambda _: None)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished row was recomputed")
+
+    monkeypatch.setattr(parity, "attack_ours", refuse)
+    monkeypatch.setattr(parity, "attack_theirs", refuse)
+    noted = dataclasses.replace(pair, known="a documented difference")
+    results = parity.run_pairs(tiny_prepared(), [noted], tmp_path, progress=False, log=lambda _: None)
+    expected = {parity.explanation(noted, v) for v in results.rows.verdict}
+    assert set(results.rows.explanation) == expected and "a documented difference" in next(iter(expected))
+    assert "a documented difference" in (tmp_path / "parity.md").read_text()
+
+
 def test_a_row_made_under_a_former_default_is_recomputed(tmp_path, monkeypatch):
     """DI's default changed ('resample' -> 'original'): a held `di` row recorded before says nothing of the
     variant, so it is not taken as the new default's."""

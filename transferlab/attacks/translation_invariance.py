@@ -27,7 +27,10 @@ resolution they were used at.
 The kernel must scale with the image: 15 px is sized for ImageNet and wrecks 32-px CIFAR attacks, where 5 px
 behaves (DESIGN §5). The default size is the odd integer nearest 15·√(H/224), at least 3: 15 at 224 px
 (TransferAttack's setting), 17 at 299 px, 5 at 32 px, 5 at 16 px. At 299 px the official TI code uses 15 and
-the VT code 7: give ``kernel_size`` to reproduce either.
+the VT code 7: give ``kernel_size`` to reproduce either. Measured on CIFAR cross-architecture
+(results/cifar10_cross_arch: ResNet-20 source, ε=8/255, n=500; gain over PGD in points): the scaled 5 px
+−2.8 to +4.4, the VT code's 7 px −16.0 / −14.4 on the near families, the TI code's absolute 15 px −61.8
+to ResNet-56-B. In parity (results/parity) the default matches torchattacks 3.5.1 on 7 of 7 targets.
 """
 
 from __future__ import annotations

@@ -219,9 +219,10 @@ def test_vr_copies_and_mean_gradient():
 
 # ---------------------------------------------------------------------------------------------- DI
 def test_di_size_probability_and_hand_resize_pad():
+    """The 'resample' variant (the former default): every row on the ⌊1.1·H⌋ canvas."""
     model, (x, y) = TinyResNet(), tiny_batch(4)
     x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
-    di = InputDiversity()
+    di = InputDiversity(variant="resample")
     ctx = context(model, x, y)
     rows = 4 * 500
     apply, height, width, top, left = di.draws(rows, 32, 32, context(model, x, y, seed=1))

@@ -81,7 +81,7 @@ def test_defaults_variants_and_declarations():
     assert (sia.blocks, sia.copies, len(sia.ops)) == (3, 20, 10)
     assert len(StructureInvariance(variant="transferattack").ops) == 7
     di = InputDiversity()
-    assert (di.variant, di.p, di.resize_rate, di.fill) == ("original", 0.5, 1.1, 0.5)  # the official procedure
+    assert (di.variant, di.p, di.resize_rate, di.fill) == ("original", 0.5, 1.1, 0.5)  # DI-2-FGSM
     assert InputDiversity(variant="torchattacks").resize_rate == 0.9
     assert InputDiversity(variant="original").fill == 0.5
     for name, cls in (("bsr", BlockShuffleRotation), ("sia", StructureInvariance)):

@@ -22,16 +22,21 @@ def _default(cls: type, field: str) -> Any:
     raise KeyError(f"{cls.__name__} has no parameter {field!r} (listed in former_defaults)")
 
 
-def recorded_defaults(method: str | list, params: dict) -> dict[str, dict[str, Any]]:
-    """component -> {parameter: current default} for the changed defaults an entry leaves unset."""
+def _unset(method: str | list, params: dict, value) -> dict[str, dict[str, Any]]:
+    """component -> {parameter: value(cls, parameter)} for the changed defaults an entry leaves unset."""
     out: dict[str, dict[str, Any]] = {}
     for name in parse_method(method):
         cls = resolve_component(name)
         given = params.get(name) or {}
-        unset = {k: _default(cls, k) for k in getattr(cls, "former_defaults", {}) if k not in given}
+        unset = {k: value(cls, k) for k in getattr(cls, "former_defaults", {}) if k not in given}
         if unset:
             out[name] = unset
     return out
+
+
+def recorded_defaults(method: str | list, params: dict) -> dict[str, dict[str, Any]]:
+    """component -> {parameter: current default} for the changed defaults an entry leaves unset."""
+    return _unset(method, params, _default)
 
 
 def defaults_that_ran(spec: dict) -> tuple[dict[str, dict[str, Any]], bool]:
@@ -39,11 +44,4 @@ def defaults_that_ran(spec: dict) -> tuple[dict[str, dict[str, Any]], bool]:
     its record, or for a spec made before the change (no record) the former values (recorded False)."""
     if "defaults" in spec:
         return spec["defaults"], True
-    out: dict[str, dict[str, Any]] = {}
-    for name in parse_method(spec["method"]):
-        cls = resolve_component(name)
-        given = spec["params"].get(name) or {}
-        former = {k: v for k, v in getattr(cls, "former_defaults", {}).items() if k not in given}
-        if former:
-            out[name] = former
-    return out, False
+    return _unset(spec["method"], spec["params"], lambda cls, k: cls.former_defaults[k]), False

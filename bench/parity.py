@@ -210,6 +210,11 @@ DI_OURS = ("ours (default variant 'original', DI-2-FGSM's): with probability 0.5
 DI_RESAMPLE = ("ours (variant 'resample'): enlarge to a size in [H, ⌊1.1·H⌋), nearest, zero pad to "
                "⌊1.1·H⌋, the unchanged branch nearest-resized to ⌊1.1·H⌋ as well, draws per image")
 
+DI_THEIRS = ("shrink to a size in [⌊0.9·H⌋, H), {mode}, zero pad to H, else the input unchanged, one "
+             "coin, size and offset per batch (difgsm.py input_diversity)")
+DI_TORCHATTACK = "torchattack: " + DI_THEIRS.format(mode="nearest")
+DI_TORCHATTACKS = "torchattacks: " + DI_THEIRS.format(mode="bilinear")
+
 PAIRS: list[Pair] = [
     Pair("pgd", "pgd", {}, "torchattack", "IFGSM", {},
          "IFGSM = their PGD with random_start=False; ε, α, steps set to the setting's"),
@@ -239,24 +244,20 @@ PAIRS: list[Pair] = [
          {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
          "decay 1.0→0 (theirs: our di has no momentum); diversity_prob 1.0→0.5 (theirs, to ours); "
          "resize_rate left at theirs 0.9 (the variant under test)",
-         known=f"{DI_OURS}; torchattack: shrink to a size in [⌊0.9·H⌋, H), nearest, zero pad to H, else the "
-               f"input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
+         known=f"{DI_OURS}; {DI_TORCHATTACK}"),
     Pair("di", "di", {"di": {"p": 0.5}}, "torchattacks", "DIFGSM",
          {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
          "their defaults already: decay 0, diversity_prob 0.5 = our p; resize_rate 0.9 (theirs)",
-         known=f"{DI_OURS}; torchattacks: shrink to a size in [⌊0.9·H⌋, H), bilinear, zero pad to H, else "
-               f"the input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
+         known=f"{DI_OURS}; {DI_TORCHATTACKS}"),
     Pair("di_resample", "di", {"di": {"p": 0.5, "variant": "resample"}}, "torchattack", "DIFGSM",
          {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
          "ours variant 'resample' (the earlier default); theirs decay 1.0→0, diversity_prob 1.0→0.5, "
          "resize_rate 0.9 (theirs)",
-         known=f"{DI_RESAMPLE}; torchattack: shrink to a size in [⌊0.9·H⌋, H), nearest, zero pad to H, else "
-               f"the input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
+         known=f"{DI_RESAMPLE}; {DI_TORCHATTACK}"),
     Pair("di_resample", "di", {"di": {"p": 0.5, "variant": "resample"}}, "torchattacks", "DIFGSM",
          {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
          "ours variant 'resample' (the earlier default); theirs at their defaults (resize_rate 0.9)",
-         known=f"{DI_RESAMPLE}; torchattacks: shrink to a size in [⌊0.9·H⌋, H), bilinear, zero pad to H, "
-               f"else the input unchanged, one coin, size and offset per batch (difgsm.py input_diversity)"),
+         known=f"{DI_RESAMPLE}; {DI_TORCHATTACKS}"),
     Pair("di_torchattacks", "di", {"di": {"p": 0.5, "variant": "torchattacks"}}, "torchattack", "DIFGSM",
          {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5},
          "ours variant 'torchattacks' (shrink 0.9, bilinear, pad to H); theirs decay 1.0→0, "

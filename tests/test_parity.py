@@ -201,3 +201,53 @@ def test_pgd_near_equals_torchattacks_pgd_and_equals_it_after_8_bit_quantisation
     assert (ours - theirs).abs().max() <= 1e-6
     assert torch.equal(parity.to_bytes(x, ours, EPS), parity.to_bytes(x, theirs, EPS))
     assert torch.equal(quantize(x, ours, EPS), quantize(x, theirs, EPS))
+
+
+def test_fia_ports_equals_torchattack_fia_byte_for_byte_on_the_same_masks(monkeypatch):
+    """The fia_ports row's differences are mask-draw noise, not procedure: given the same N masks (theirs from
+    torch's global RNG one batch at a time, ours copy-major from per-image streams), the images agree."""
+    torchattack = pytest.importorskip("torchattack")
+    from transferlab.attacks.feature_importance import FeatureImportance
+
+    model = TinyResNet()
+    x, y = tiny_batch(5)
+    g = torch.Generator().manual_seed(3)
+    masks = [(torch.rand(x.shape, generator=g, dtype=x.dtype) < 0.7).to(x.dtype) for _ in range(6)]
+    monkeypatch.setattr(FeatureImportance, "masks", lambda self, ctx: torch.cat(masks))
+    ours = build_attack("mi+fia", {"fia": {"layer": "block", "copies": 6, "variant": "ports"}},
+                        eps=EPS, alpha=ALPHA, steps=STEPS).run(model, x, y)
+    fia = torchattack.FIA(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS,
+                          feature_layer_cfg="block", num_ens=6, drop_rate=0.3, decay=1.0)
+    theirs_masks = iter(masks)
+    fia.drop_pixels = lambda images: (images * next(theirs_masks)).requires_grad_(True)
+    assert torch.equal(ours, fia(x, y).detach())
+    # and the official variant (keep 0.9, logit score) is a different attack on the same masks
+    official = build_attack("mi+fia", {"fia": {"layer": "block", "copies": 6}},
+                            eps=EPS, alpha=ALPHA, steps=STEPS).run(model, x, y)
+    assert not torch.equal(official, ours)
+
+
+def test_gra_value_equals_torchattack_gra_byte_for_byte_on_the_same_neighbours(monkeypatch):
+    """The gra_value row's one differing target is neighbour-draw noise: with theirs' U(±βε) draws (torch's
+    global RNG, N per step) given to ours, the images agree; the official 'sign' indicator differs."""
+    torchattack = pytest.importorskip("torchattack")
+    from transferlab.attacks.gradient_relevance import GradientRelevance
+
+    model = TinyResNet()
+    x, y = tiny_batch(5)
+    n, beta = 5, 3.5
+    torch.manual_seed(7)
+    offsets = [torch.cat([torch.empty_like(x).uniform_(-beta * EPS, beta * EPS) for _ in range(n)])
+               for _ in range(STEPS)]
+
+    def run_ours(indicator: str) -> torch.Tensor:
+        draws = iter(offsets)
+        monkeypatch.setattr(GradientRelevance, "neighbour_offsets", lambda self, ctx: next(draws))
+        return build_attack("mi+gra", {"gra": {"neighbours": n, "indicator": indicator}},
+                            eps=EPS, alpha=ALPHA, steps=STEPS).run(model, x, y)
+
+    torch.manual_seed(7)
+    theirs = torchattack.GRA(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS,
+                             beta=beta, eta=0.94, num_neighbors=n, decay=1.0)(x, y).detach()
+    assert torch.equal(run_ours("value"), theirs)
+    assert not torch.equal(run_ours("sign"), theirs)

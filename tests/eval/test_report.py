@@ -33,3 +33,21 @@ def test_passes_plot_keeps_the_legend_inside_the_image(tmp_path):
     nominal = int((3.6 + 2) * 110)
     assert image.shape[1] > nominal
     assert (image[:, nominal:] < 128).any()
+
+
+def test_passes_plot_draws_the_reference_entries_as_one_line_not_as_points(tmp_path, monkeypatch):
+    """The MI entries at more steps form the compute-matched reference line: left out of the legend's
+    points and of the colour table, so the other attacks keep their own colours and shapes."""
+    import matplotlib.pyplot as plt
+
+    drawn = {}
+    original = plt.Figure.legend
+
+    def spy(self, *args, handles=(), **kwargs):
+        drawn["labels"] = [h.get_label() for h in handles]
+        return original(self, *args, handles=handles, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "legend", spy)
+    assert passes_plot(_results(6), tmp_path / "p.png", "t", reference=["attack_0", "attack_3"])
+    assert drawn["labels"][:-1] == ["attack_1", "attack_2", "attack_4", "attack_5"]
+    assert drawn["labels"][-1] == "attack_0 / attack_3 (reference line)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +221,17 @@ def attack_colours(attacks: list[str]) -> dict[str, tuple]:
     return {a: plt.cm.turbo(k / (len(attacks) - 1)) for k, a in enumerate(attacks)}
 
 
-def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success") -> bool:
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success",
+                reference: Sequence[str] = ()) -> bool:
     """Transfer rate against forward+backward passes per image (log scale), one panel per source →
     target (white-box targets left out), one point per attack with its 95% interval: what each method buys
-    per unit of compute. Returns False (and writes nothing) when no job recorded its passes."""
+    per unit of compute. `reference`: attacks drawn as one grey line in order of passes instead (the MI
+    entries at more steps), so a point above the line beats MI at its own cost. Colours and marker shapes
+    both vary, to tell 20+ attacks apart. Returns False (and writes nothing) when no job recorded its
+    passes."""
     sub = results[(results.metric == metric) & ~results.white_box.astype(bool) & results.passes.notna()]
     if sub.empty:
         return False
@@ -231,14 +239,22 @@ def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "tr
     cols = min(4, len(panels))
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols + 2, 3.2 * rows_n), squeeze=False)
-    attacks = list(dict.fromkeys(sub.attack))
-    colours = attack_colours(list(dict.fromkeys(results[results.metric == metric].attack)))
+    reference = [a for a in dict.fromkeys(reference) if a in set(sub.attack)]
+    attacks = [a for a in dict.fromkeys(sub.attack) if a not in reference]
+    colours = attack_colours([a for a in dict.fromkeys(results[results.metric == metric].attack)
+                              if a not in reference])
+    markers = {a: MARKERS[k % len(MARKERS)] for k, a in enumerate(colours)}
     for ax, (source, target) in zip(axes.flat, panels):
         group = sub[(sub.source == source) & (sub.target == target)]
-        for r in group.itertuples():
+        line = group[group.attack.isin(reference)].sort_values("passes")
+        if len(line):
+            ax.errorbar(line.passes, line.success_rate, fmt="-o", ms=3, color="0.55", lw=1.2, zorder=1,
+                        yerr=[(line.success_rate - line.ci_low).clip(lower=0),
+                              (line.ci_high - line.success_rate).clip(lower=0)], capsize=2)
+        for r in group[~group.attack.isin(reference)].itertuples():
             err = [[max(0.0, r.success_rate - r.ci_low)], [max(0.0, r.ci_high - r.success_rate)]]
-            ax.errorbar([r.passes], [r.success_rate], yerr=err, fmt="o", ms=4, capsize=2,
-                        color=colours[r.attack], label=r.attack)
+            ax.errorbar([r.passes], [r.success_rate], yerr=err, fmt=markers[r.attack], ms=4, capsize=2,
+                        color=colours[r.attack], label=r.attack, zorder=2)
         ax.set_xscale("log")
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("passes per image (log)", fontsize=8)
@@ -247,7 +263,11 @@ def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "tr
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[a], label=a) for a in attacks]
+    handles = [plt.Line2D([], [], marker=markers[a], ls="", color=colours[a], label=a) for a in attacks]
+    if reference:
+        named = " / ".join(reference[:2]) + (" / …" if len(reference) > 2 else "")
+        handles.append(plt.Line2D([], [], ls="-", marker="o", ms=3, color="0.55",
+                                  label=f"{named} (reference line)"))
     fig.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -414,6 +434,7 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     methods = {name: "+".join(str(m) for m in np.atleast_1d(spec["method"]))
                for name, spec in cfg["attacks"].items()}
     matched = matched_gains(records, totals, methods, seed=cfg["seed"], outcome=outcome)
+    mi_line = [name for name, method in methods.items() if method == "mi"]  # the compute-matched reference
     atomic_write_csv(run.matched_gains_csv, matched)
     primary = writers[0]
     overrides = primary.get("overrides") or []
@@ -421,10 +442,11 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
                       + matched_section(matched, totals))
     if cfg.get("targeted"):
         transfer_plot(results, run.transfer_png, f"TARGETED: {cfg['name']}", "targeted_success")
-        passes_plot(results, run.passes_png, f"TARGETED: {cfg['name']}: rate per compute", "targeted_success")
+        passes_plot(results, run.passes_png, f"TARGETED: {cfg['name']}: rate per compute", "targeted_success",
+                    reference=mi_line)
     else:
         transfer_plot(results, run.transfer_png, cfg["name"])
-        passes_plot(results, run.passes_png, f"{cfg['name']}: transfer per compute")
+        passes_plot(results, run.passes_png, f"{cfg['name']}: transfer per compute", reference=mi_line)
     notices = list(dict.fromkeys(n for w in writers for n in w.get("notices", [])))
     commits = {
         c.get("commit") or ""

@@ -230,7 +230,8 @@ PAIRS: list[Pair] = [
     Pair("vmi", "vmi", {"vt": {"neighbours": 20, "beta": 1.5}}, "torchattack", "VMIFGSM",
          {"n": 20, "beta": 1.5, "decay": 1.0}, "n 5→20 (theirs, to ours); beta 1.5, decay 1.0 as ours",
          known="no variant difference: the same update (vmifgsm.py forward: g ← μg + (∇+v)/mean|∇+v|, v the "
-               "mean of N neighbour gradients at δ + U(±βε) minus ∇, neighbours unclipped); the runs draw "
+               "mean of N neighbour gradients at δ + U(±βε) minus ∇, neighbours unclipped; given the same "
+               "neighbours the images agree byte for byte, tests/test_parity.py); the runs draw "
                "different neighbour noise (ours per-image streams, theirs torch's global RNG), which the "
                "interval over images does not cover; with --seed 1 (results/parity_seed1) the pair matches "
                "on 7 of 7 targets"),

@@ -251,3 +251,24 @@ def test_gra_value_equals_torchattack_gra_byte_for_byte_on_the_same_neighbours(m
                              beta=beta, eta=0.94, num_neighbors=n, decay=1.0)(x, y).detach()
     assert torch.equal(run_ours("value"), theirs)
     assert not torch.equal(run_ours("sign"), theirs)
+
+
+def test_vmi_equals_torchattack_vmifgsm_byte_for_byte_on_the_same_neighbours(monkeypatch):
+    """VMI's parity differences are neighbour-draw noise: given theirs' U(±βε) neighbours (torch's global RNG,
+    N per step after each step's gradient), ours makes the same images."""
+    torchattack = pytest.importorskip("torchattack")
+    from transferlab.attacks.variance_tuning import VarianceTuning
+
+    model = TinyResNet()
+    x, y = tiny_batch(5)
+    n, beta = 5, 1.5
+    torch.manual_seed(7)
+    offsets = iter([torch.cat([torch.randn_like(x).uniform_(-beta * EPS, beta * EPS) for _ in range(n)])
+                    for _ in range(STEPS)])
+    monkeypatch.setattr(VarianceTuning, "neighbour_offsets", lambda self, ctx: next(offsets))
+    ours = build_attack("vmi", {"vt": {"neighbours": n, "beta": beta}}, eps=EPS, alpha=ALPHA,
+                        steps=STEPS).run(model, x, y)
+    torch.manual_seed(7)
+    theirs = torchattack.VMIFGSM(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS,
+                                 beta=beta, n=n, decay=1.0)(x, y).detach()
+    assert torch.equal(ours, theirs)

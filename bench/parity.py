@@ -102,11 +102,15 @@ class Setting:
     batch: int = 100  # images per call of either library (and per progress update)
     their_inputs: int = 2500  # their model inputs per forward at most: their batch for copy-makers
     feature_layer: str = "layer2"  # FIA / NAA's layer inside the wrapper's `net` (our default for the source)
+    memory_format: str = "contiguous"  # all models run in it (`Classifier.use_memory_format`), both sides
 
     def describe(self) -> dict:
-        """What a finished row depends on (a changed description recomputes the setting's rows)."""
+        """What a finished row depends on (a changed description recomputes the setting's rows). The default
+        memory format is left out, so rows made before the field existed stay held."""
         out = dataclasses.asdict(self)
         out["targets"] = list(self.targets)
+        if self.memory_format == "contiguous":
+            del out["memory_format"]
         return out
 
 
@@ -121,6 +125,7 @@ def make_settings(shared: Path) -> dict[str, Setting]:
             targets=("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"),
             eps=16 / 255, alpha=1.6 / 255, steps=10, limit=100, resolution=224, num_classes=1000,
             batch=20, their_inputs=100, feature_layer="blocks.3",
+            memory_format="channels_last",  # Lite0 forward+backward 1.35-1.5x faster on CPU (NHWC)
         ),
         "cifar": Setting(
             name="cifar",
@@ -479,7 +484,8 @@ def prepare(setting: Setting, progress: bool = True) -> Prepared:
     from transferlab.runner.resolve import prediction_batch
 
     t0 = time.perf_counter()
-    models = {name: load_model(name, weights_dir=setting.weights_dir) for name in setting.targets}
+    models = {name: load_model(name, weights_dir=setting.weights_dir).use_memory_format(setting.memory_format)
+              for name in setting.targets}
     data = open_dataset(setting.data)
     xs, ys, ids, scanned = [], [], [], 0
     step = prediction_batch(setting.resolution)
@@ -573,6 +579,16 @@ def row_key(row) -> tuple[str, str, str]:
     return row["setting"], row["attack"], row["library"]
 
 
+def location_free(desc: dict) -> dict:
+    """A setting's description with its data root and weights folder reduced to their names."""
+    out = copy.deepcopy(desc)
+    if isinstance(out.get("data"), dict) and out["data"].get("root"):
+        out["data"]["root"] = Path(out["data"]["root"]).name
+    if out.get("weights_dir"):
+        out["weights_dir"] = Path(out["weights_dir"]).name
+    return out
+
+
 class Results:
     """The finished rows on disk (parity.csv) and the manifest's record of settings, rows and skips."""
 
@@ -594,11 +610,12 @@ class Results:
                 self.manifest[key] = old.get(key, self.manifest[key])
 
     def use_setting(self, setting: Setting, seed: int = 0) -> int:
-        """Record the setting; drop its old rows if they were computed with other parameters (their count)."""
+        """Record the setting; drop its old rows if they were computed with other parameters (their count).
+        Where the shared folder lies is not a parameter: a clone elsewhere keeps the committed rows."""
         old = self.manifest["settings"].get(setting.name)
         desc = {**setting.describe(), "seed": seed}
         dropped = 0
-        if old is not None and old != desc:
+        if old is not None and location_free(old) != location_free(desc):
             mine = self.rows["setting"] == setting.name
             dropped = int(mine.sum())
             self.rows = self.rows[~mine]

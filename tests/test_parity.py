@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -272,3 +273,21 @@ def test_vmi_equals_torchattack_vmifgsm_byte_for_byte_on_the_same_neighbours(mon
     theirs = torchattack.VMIFGSM(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS,
                                  beta=beta, n=n, decay=1.0)(x, y).detach()
     assert torch.equal(ours, theirs)
+
+
+def test_a_clone_elsewhere_keeps_the_rows_and_a_new_memory_format_recomputes(tmp_path):
+    """The shared folder's location is not a parameter of a row (the committed manifest holds this machine's
+    absolute paths); the models' memory format is, except the default, which older rows ran in."""
+    def setting(shared: str, **extra) -> "parity.Setting":
+        return parity.Setting(name="s", data={"kind": "folder", "root": f"{shared}/data/imgs"}, source="a",
+                              targets=("a", "b"), eps=EPS, alpha=ALPHA, steps=STEPS, limit=4, resolution=16,
+                              num_classes=5, weights_dir=f"{shared}/weights/c", **extra)
+
+    assert "memory_format" not in setting("/x").describe()
+    results = parity.Results(tmp_path)
+    results.rows = pd.DataFrame([{"setting": "s", "attack": "pgd", "library": "torchattack",
+                                  "verdict": "match"}], columns=parity.COLUMNS + parity.EXTRA_COLUMNS)
+    assert results.use_setting(setting("/work/shared")) == 0
+    assert results.use_setting(setting("/elsewhere/shared")) == 0 and len(results.rows) == 1
+    assert results.use_setting(setting("/elsewhere/shared", memory_format="channels_last")) == 1
+    assert results.rows.empty

@@ -865,6 +865,18 @@ def main(argv=None) -> int:
         print(pairs_table(pairs))
         print("\nnot compared: " + "; ".join(NO_COUNTERPART.values()))
         return 0
+    from transferlab.rundir.lock import RunLock, RunLockedError
+
+    try:  # two benches writing one --out would each overwrite the other's rows
+        with RunLock(Path(args.out), scope="parity"):
+            return compare(args, pairs)
+    except RunLockedError as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
+
+
+def compare(args: argparse.Namespace, pairs: Sequence[Pair]) -> int:
+    """Every chosen setting's pairs that --out does not hold yet; then the table of those settings."""
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     settings = make_settings(Path(args.shared))

@@ -291,3 +291,16 @@ def test_a_clone_elsewhere_keeps_the_rows_and_a_new_memory_format_recomputes(tmp
     assert results.use_setting(setting("/elsewhere/shared")) == 0 and len(results.rows) == 1
     assert results.use_setting(setting("/elsewhere/shared", memory_format="channels_last")) == 1
     assert results.rows.empty
+
+
+def test_a_second_bench_into_the_same_out_is_refused_before_it_writes(tmp_path, capsys):
+    """Each bench holds the rows it loaded and rewrites parity.csv after every row: two at once into one
+    --out would drop each other's rows, so the second is refused, naming the holder."""
+    from transferlab.rundir.lock import RunLock
+
+    with RunLock(tmp_path, scope="parity", command="python bench/parity.py (the first)"):
+        code = parity.main(["--setting", "cifar", "--attacks", "pgd", "--out", str(tmp_path),
+                            "--shared", str(tmp_path / "absent")])
+    assert code == 2
+    assert "the first" in capsys.readouterr().err
+    assert not (tmp_path / "parity.csv").exists()

@@ -48,6 +48,10 @@ def test_passes_plot_draws_the_reference_entries_as_one_line_not_as_points(tmp_p
         return original(self, *args, handles=handles, **kwargs)
 
     monkeypatch.setattr(plt.Figure, "legend", spy)
-    assert passes_plot(_results(6), tmp_path / "p.png", "t", reference=["attack_0", "attack_3"])
+    real_suptitle = plt.Figure.suptitle
+    monkeypatch.setattr(plt.Figure, "suptitle", lambda self, text, **kw: drawn.update(title=text)
+                        or real_suptitle(self, text, **kw))
+    assert passes_plot(_results(6), tmp_path / "p.png", "the run", reference=["attack_0", "attack_3"])
+    assert drawn["title"] == "the run"  # not a panel's heading
     assert drawn["labels"][:-1] == ["attack_1", "attack_2", "attack_4", "attack_5"]
     assert drawn["labels"][-1] == "attack_0 / attack_3 (reference line)"

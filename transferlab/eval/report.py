@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -228,10 +229,10 @@ def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "tr
                 reference: Sequence[str] = ()) -> bool:
     """Transfer rate against forward+backward passes per image (log scale), one panel per source →
     target (white-box targets left out), one point per attack with its 95% interval: what each method buys
-    per unit of compute. `reference`: attacks drawn as one grey line in order of passes instead (the MI
-    entries at more steps), so a point above the line beats MI at its own cost. Colours and marker shapes
-    both vary, to tell 20+ attacks apart. Returns False (and writes nothing) when no job recorded its
-    passes."""
+    per unit of compute. `reference`: attacks drawn instead as one black dashed line in order of passes
+    (the MI entries at more steps), so a point above the line beats MI at its own cost. Colours and marker
+    shapes both vary, to tell 20+ attacks apart. Returns False (and writes nothing) when no job recorded
+    its passes. The y axis runs from 0 to each panel's highest interval."""
     sub = results[(results.metric == metric) & ~results.white_box.astype(bool) & results.passes.notna()]
     if sub.empty:
         return False
@@ -248,7 +249,7 @@ def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "tr
         group = sub[(sub.source == source) & (sub.target == target)]
         line = group[group.attack.isin(reference)].sort_values("passes")
         if len(line):
-            ax.errorbar(line.passes, line.success_rate, fmt="-o", ms=3, color="0.55", lw=1.2, zorder=1,
+            ax.errorbar(line.passes, line.success_rate, fmt="--o", ms=3, color="black", lw=1.0, zorder=1,
                         yerr=[(line.success_rate - line.ci_low).clip(lower=0),
                               (line.ci_high - line.success_rate).clip(lower=0)], capsize=2)
         for r in group[~group.attack.isin(reference)].itertuples():
@@ -256,17 +257,22 @@ def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "tr
             ax.errorbar([r.passes], [r.success_rate], yerr=err, fmt=markers[r.attack], ms=4, capsize=2,
                         color=colours[r.attack], label=r.attack, zorder=2)
         ax.set_xscale("log")
-        ax.set_ylim(0, 1.05)
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # short ranges labelled every minor
+        ax.set_ylim(0, min(1.05, float(group.ci_high.max()) + 0.05))  # from 0, to the panel's own top
         ax.set_xlabel("passes per image (log)", fontsize=8)
         ax.set_ylabel(f"{metric.replace('_', ' ')}", fontsize=8)
-        ax.set_title(f"{source} → {target}", fontsize=9)
+        heading = f"{source} → {target}"
+        ax.set_title(heading if len(heading) <= 45 else f"{source}\n→ {target}", fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], marker=markers[a], ls="", color=colours[a], label=a) for a in attacks]
     if reference:
         named = " / ".join(reference[:2]) + (" / …" if len(reference) > 2 else "")
-        handles.append(plt.Line2D([], [], ls="-", marker="o", ms=3, color="0.55",
+        handles.append(plt.Line2D([], [], ls="--", marker="o", ms=3, color="black",
                                   label=f"{named} (reference line)"))
     fig.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.suptitle(title, fontsize=11)

@@ -228,6 +228,17 @@ def test_fia_ports_equals_torchattack_fia_byte_for_byte_on_the_same_masks(monkey
     assert not torch.equal(official, ours)
 
 
+NEIGHBOUR_SEED = 7
+
+
+def their_neighbours(draw, n: int) -> list[torch.Tensor]:
+    """The neighbour offsets a library's loop draws from torch's global RNG after seeding: `draw()` (their
+    exact call, which fixes how much of the stream each draw consumes) n times per step, as our copy-major
+    (n·B, C, H, W) block per step."""
+    torch.manual_seed(NEIGHBOUR_SEED)
+    return [torch.cat([draw() for _ in range(n)]) for _ in range(STEPS)]
+
+
 def test_gra_value_equals_torchattack_gra_byte_for_byte_on_the_same_neighbours(monkeypatch):
     """The gra_value row's one differing target is neighbour-draw noise: with theirs' U(±βε) draws (torch's
     global RNG, N per step) given to ours, the images agree; the official 'sign' indicator differs."""
@@ -237,9 +248,7 @@ def test_gra_value_equals_torchattack_gra_byte_for_byte_on_the_same_neighbours(m
     model = TinyResNet()
     x, y = tiny_batch(5)
     n, beta = 5, 3.5
-    torch.manual_seed(7)
-    offsets = [torch.cat([torch.empty_like(x).uniform_(-beta * EPS, beta * EPS) for _ in range(n)])
-               for _ in range(STEPS)]
+    offsets = their_neighbours(lambda: torch.empty_like(x).uniform_(-beta * EPS, beta * EPS), n)
 
     def run_ours(indicator: str) -> torch.Tensor:
         draws = iter(offsets)
@@ -247,7 +256,7 @@ def test_gra_value_equals_torchattack_gra_byte_for_byte_on_the_same_neighbours(m
         return build_attack("mi+gra", {"gra": {"neighbours": n, "indicator": indicator}},
                             eps=EPS, alpha=ALPHA, steps=STEPS).run(model, x, y)
 
-    torch.manual_seed(7)
+    torch.manual_seed(NEIGHBOUR_SEED)
     theirs = torchattack.GRA(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS,
                              beta=beta, eta=0.94, num_neighbors=n, decay=1.0)(x, y).detach()
     assert torch.equal(run_ours("value"), theirs)
@@ -263,13 +272,11 @@ def test_vmi_equals_torchattack_vmifgsm_byte_for_byte_on_the_same_neighbours(mon
     model = TinyResNet()
     x, y = tiny_batch(5)
     n, beta = 5, 1.5
-    torch.manual_seed(7)
-    offsets = iter([torch.cat([torch.randn_like(x).uniform_(-beta * EPS, beta * EPS) for _ in range(n)])
-                    for _ in range(STEPS)])
+    offsets = iter(their_neighbours(lambda: torch.randn_like(x).uniform_(-beta * EPS, beta * EPS), n))
     monkeypatch.setattr(VarianceTuning, "neighbour_offsets", lambda self, ctx: next(offsets))
     ours = build_attack("vmi", {"vt": {"neighbours": n, "beta": beta}}, eps=EPS, alpha=ALPHA,
                         steps=STEPS).run(model, x, y)
-    torch.manual_seed(7)
+    torch.manual_seed(NEIGHBOUR_SEED)
     theirs = torchattack.VMIFGSM(model, normalize=None, device=x.device, eps=EPS, alpha=ALPHA, steps=STEPS,
                                  beta=beta, n=n, decay=1.0)(x, y).detach()
     assert torch.equal(ours, theirs)

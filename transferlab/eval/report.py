@@ -223,6 +223,7 @@ def attack_colours(attacks: list[str]) -> dict[str, tuple]:
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+MATCHED_REFERENCE = "mi"  # the method of the compute-matched gains' entries and of the passes plot's line
 
 
 def passes_plot(results: pd.DataFrame, path: Path, title: str, metric: str = "transfer_success",
@@ -439,8 +440,9 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     totals = {k: v[1] for k, v in passes_of(run, jobs).items()}
     methods = {name: "+".join(str(m) for m in np.atleast_1d(spec["method"]))
                for name, spec in cfg["attacks"].items()}
-    matched = matched_gains(records, totals, methods, seed=cfg["seed"], outcome=outcome)
-    mi_line = [name for name, method in methods.items() if method == "mi"]  # the compute-matched reference
+    matched = matched_gains(records, totals, methods, reference=MATCHED_REFERENCE, seed=cfg["seed"],
+                            outcome=outcome)
+    mi_line = [name for name, method in methods.items() if method == MATCHED_REFERENCE]
     atomic_write_csv(run.matched_gains_csv, matched)
     primary = writers[0]
     overrides = primary.get("overrides") or []

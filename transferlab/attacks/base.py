@@ -123,6 +123,10 @@ class Component:
     #: (`transferlab.attacks.defaults`): entries leaving them unset record the current default in the
     #: run's identity, and tables made before the change are labelled with the former value
     former_defaults: ClassVar[dict[str, Any]] = {}
+    #: the iterate after t steps depends neither on the total step count nor on random draws, so an
+    #: attack of fewer steps is a prefix of a longer one and the runner may read it off the longer run
+    #: (`transferlab.runner.trajectories`); declare it only when that holds byte for byte (tested)
+    prefix_stable: ClassVar[bool] = False
 
     def batch_multiplier(self) -> int:
         """Factor on the data term's model batch (VR: copies; VT: its neighbour call). Sizes micro-batches."""
@@ -345,6 +349,11 @@ class Attack:
             }
             out[index] = self._run_batch(model, x[index], y[index], sub, index, on_step, **extra)
         return out
+
+    def prefix_stable(self) -> bool:
+        """Whether this attack after t steps equals, byte for byte, the same attack of t steps: no random
+        start and only `Component.prefix_stable` components (MI, NI, TI)."""
+        return not self.random_start and all(c.prefix_stable for c in self.components)
 
     def bind_source(self, members: int) -> Attack:
         """Tell the components the source's member count (`Component.bind_source`); returns self."""

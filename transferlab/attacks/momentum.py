@@ -35,6 +35,7 @@ class Momentum(Component):
     mu: float = 1.0
 
     order = 60  # process: after TI (40), so the smoothed gradient is accumulated
+    prefix_stable = True  # deterministic, and no step depends on the step count
 
     def __post_init__(self) -> None:
         if self.mu < 0:

@@ -77,6 +77,7 @@ class TranslationInvariance(Component):
     nsig: float = 3.0
 
     order = 40  # process: before MI/NI (60)
+    prefix_stable = True  # a fixed kernel, no draws
 
     def __post_init__(self) -> None:
         if self.kernel_size is not None and (self.kernel_size < 1 or self.kernel_size % 2 == 0):

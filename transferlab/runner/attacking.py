@@ -78,57 +78,75 @@ def job_record(exp: Experiment, job: Job) -> dict:
 
 def attack_job(exp: Experiment, job: Job, blocks: list[list[Item]]) -> None:
     """Attack the blocks of `job` that lack usable PNGs; account the work to this writer's scope."""
-    run = exp.run_dir
     job_record(exp, job)
-    usable = [[usable_adv(exp, job, i) for i in block] for block in blocks]
-    todo = [block for block, ok in zip(blocks, usable) if not all(ok)]
+    todo = [block for block in blocks if not all(usable_adv(exp, job, i) for i in block)]
     if not todo:
         return
     cost = _cost_record(exp, job)
     attack = exp.build(job)
-    model = exp.model(job.source)
     every = exp.cfg["eval"]["record_every"]
     bar = tqdm(
         total=sum(map(len, todo)), desc=f"{job.attack} on {job.source}", unit="img",
         disable=not exp.progress,
     )
     for chunk in todo:
-        first = chunk[0].image_id
-        run.eval_file(job.attack, job.source, first).unlink(missing_ok=True)  # its PNGs are about to change
-        _, images = exp.dataset.load(chunk)
-        x = to_float(images).to(exp.device)
-        y = torch.tensor([i.label for i in chunk], device=exp.device)
+        x, y = load_chunk(exp, job, chunk)
         hook, step_rows = step_recorder(exp, x, y, chunk, attack) if every else (None, None)
-        warm_up(exp, job.source, x)
         t0, c0 = time.perf_counter(), time.process_time()
-        target = None
-        if attack.targeted:
-            target = torch.tensor([i.target for i in chunk], device=exp.device)
-        pool = exp.pool() if attack.pool_size() else None
-        adv = attack.run(
-            model, x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source), on_step=hook,
-            target=target, pool=pool,
-        )
+        adv = run_chunk(exp, job, attack, chunk, x, y, hook)
         cost["seconds"] += time.perf_counter() - t0 - (hook.seconds if hook else 0.0)
         cost["cpu_seconds"] += time.process_time() - c0 - (hook.cpu_seconds if hook else 0.0)
         if step_rows is not None:
-            atomic_write_csv(run.steps_file(job.attack, job.source, first), pd.DataFrame(step_rows))
-        cost["images"] += len(chunk)
-        cost["cpu_images"] += len(chunk)
+            path = exp.run_dir.steps_file(job.attack, job.source, chunk[0].image_id)
+            atomic_write_csv(path, pd.DataFrame(step_rows))
         cost["forwards"] += attack.forwards_total
-        q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
-        changed = []
-        for item, image in zip(chunk, q):
-            path, array = run.adv_png(job.attack, job.source, item.image_id), image.permute(1, 2, 0).numpy()
-            old = try_read_png(path) if path.exists() else None
-            if old is not None and not np.array_equal(old, array):
-                changed.append(item.image_id)
-            atomic_write_png(path, array)
-        if changed:
-            forget_derived(exp, job, changed)
-        run.write_cost(job.attack, job.source, exp.shard.scope, cost)
+        store_chunk(exp, job, attack, chunk, x, adv, cost)
         bar.update(len(chunk))
     bar.close()
+
+
+def load_chunk(exp: Experiment, job: Job, chunk: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's clean images (float, [0,1]) and labels on the run's device; its evaluation, about to
+    become stale, is removed, and the source is warmed up before its first timed attack."""
+    exp.run_dir.eval_file(job.attack, job.source, chunk[0].image_id).unlink(missing_ok=True)
+    _, images = exp.dataset.load(chunk)
+    x = to_float(images).to(exp.device)
+    y = torch.tensor([i.label for i in chunk], device=exp.device)
+    warm_up(exp, job.source, x)
+    return x, y
+
+
+def run_chunk(exp: Experiment, job: Job, attack, chunk: list[Item], x: torch.Tensor, y: torch.Tensor,
+              hook=None) -> torch.Tensor:
+    """The attack on one block, each image seeded by its id within the job's scope."""
+    target = None
+    if attack.targeted:
+        target = torch.tensor([i.target for i in chunk], device=exp.device)
+    pool = exp.pool() if attack.pool_size() else None
+    return attack.run(
+        exp.model(job.source), x, y, keys=[i.image_id for i in chunk], scope=(job.attack, job.source),
+        on_step=hook, target=target, pool=pool,
+    )
+
+
+def store_chunk(exp: Experiment, job: Job, attack, chunk: list[Item], x: torch.Tensor, adv: torch.Tensor,
+                cost: dict) -> None:
+    """Quantise the block's adversarial images into the ε-ball, write their PNGs (dropping what was
+    computed from changed ones) and the job's accounting (`cost`, images added here)."""
+    run = exp.run_dir
+    cost["images"] += len(chunk)
+    cost["cpu_images"] += len(chunk)
+    q = (quantize(x, adv, attack.eps, attack.norm) * 255).round().to(torch.uint8).cpu()
+    changed = []
+    for item, image in zip(chunk, q):
+        path, array = run.adv_png(job.attack, job.source, item.image_id), image.permute(1, 2, 0).numpy()
+        old = try_read_png(path) if path.exists() else None
+        if old is not None and not np.array_equal(old, array):
+            changed.append(item.image_id)
+        atomic_write_png(path, array)
+    if changed:
+        forget_derived(exp, job, changed)
+    run.write_cost(job.attack, job.source, exp.shard.scope, cost)
 
 
 def _cost_record(exp: Experiment, job: Job) -> dict:

@@ -45,6 +45,7 @@ from transferlab.rundir import (
 from transferlab.rundir.marker import check_split
 from transferlab.runner import attacking, evaluating, select
 from transferlab.runner.resolve import RunError, attack_from_spec, resolve_device
+from transferlab.runner.trajectories import attack_group, trajectory_groups
 from transferlab.weights import collection_files
 
 
@@ -241,8 +242,11 @@ class Experiment:
                 eligible = self.select_images()
             self.write_record("running", eligible)
             self._check_share(eligible)
-            for job in self.jobs():
-                self.attack_job(job, eligible[job.source])
+            for group in trajectory_groups(self, self.jobs()):
+                if len(group) == 1:
+                    self.attack_job(group[0], eligible[group[0].source])
+                else:
+                    attack_group(self, group, self.blocks(group[0], eligible[group[0].source]))
             for job in self.jobs():
                 self.evaluate(job, eligible[job.source])
             self.timings["total_s"] = time.time() - t0

@@ -1,0 +1,128 @@
+"""Attacks that differ only in their step count share one trajectory.
+
+A compute-matched table runs MI at 10, 22, 40, … 410 steps. With a fixed α, no random start and
+prefix-stable components (`Component.prefix_stable`: MI, NI, TI), the image after t steps of the
+410-step attack is byte for byte the image a t-step attack ends with, so one run of the longest attack
+that still lacks a block gives every shorter one its block at its step: 410 passes per image instead of
+the sum of all (1,133 for the eight MI entries of the ImageNet-lite baselines).
+
+Each job keeps its own key, PNGs, evaluation and accounting. Its seconds are those of the shared run up
+to its last step (what it would cost alone) and its forwards those it declares; the cost record names
+the attack whose run produced it (`trajectory_of`). Runs recording per-step predictions
+(`eval.record_every`) do not share: each job records its own steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from transferlab.data import Item
+from transferlab.rundir import Job
+from transferlab.runner.attacking import (
+    _cost_record,
+    job_record,
+    load_chunk,
+    run_chunk,
+    store_chunk,
+    usable_adv,
+)
+
+if TYPE_CHECKING:
+    from transferlab.runner.experiment import Experiment
+
+
+def trajectory_groups(exp: Experiment, jobs: list[Job]) -> list[list[Job]]:
+    """The jobs in config order, those that may share a trajectory grouped (ordered by steps, at the
+    place of the group's first job); every other job is a group of its own."""
+    if exp.cfg["eval"]["record_every"]:
+        return [[job] for job in jobs]
+    groups: dict[object, list[Job]] = {}
+    for job in jobs:
+        shares = job.spec["steps"] > 0 and exp.build(job).prefix_stable()
+        key = (job.source, _without_steps(job.spec)) if shares else job
+        groups.setdefault(key, []).append(job)
+    return [sorted(group, key=lambda j: j.spec["steps"]) for group in groups.values()]
+
+
+def _without_steps(spec: dict) -> str:
+    return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=str)
+
+
+def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) -> None:
+    """Attack every job of a shared-trajectory group on the blocks it lacks: per block, one run of the
+    longest job lacking it, read off at each shorter job's last step."""
+    for job in group:
+        job_record(exp, job)
+    lacking = {
+        job: {b for b, block in enumerate(blocks) if not all(usable_adv(exp, job, i) for i in block)}
+        for job in group
+    }
+    todo = [b for b in range(len(blocks)) if any(b in lacking[job] for job in group)]
+    if not todo:
+        return
+    attacks = {job: exp.build(job) for job in group}
+    costs = {job: _cost_record(exp, job) for job in group}
+    names = ", ".join(job.attack for job in group)
+    bar = tqdm(
+        total=sum(len(blocks[b]) for b in todo), desc=f"{names} on {group[0].source} (one trajectory)",
+        unit="img", disable=not exp.progress,
+    )
+    for b in todo:
+        members = [job for job in group if b in lacking[job]]
+        longest = members[-1]
+        chunk = blocks[b]
+        x, y = load_chunk(exp, longest, chunk)
+        for job in members[:-1]:
+            exp.run_dir.eval_file(job.attack, job.source, chunk[0].image_id).unlink(missing_ok=True)
+        reader = StepReader(x, {job.spec["steps"] for job in members})
+        adv = run_chunk(exp, longest, attacks[longest], chunk, x, y, reader)
+        reader.close()
+        for job in members:
+            steps, cost = job.spec["steps"], costs[job]
+            cost["seconds"] += reader.seconds_until(steps)
+            cost["cpu_seconds"] += reader.cpu_seconds_until(steps)
+            cost["forwards"] += attacks[job].declared_forwards(len(chunk))
+            if job is not longest:
+                cost["trajectory_of"] = longest.attack
+            image = adv if job is longest else reader.images[steps]
+            store_chunk(exp, job, attacks[job], chunk, x, image, cost)
+        bar.update(len(chunk))
+    bar.close()
+
+
+class StepReader:
+    """A step hook keeping the batch's images after the wanted steps and the time spent per step
+    (a step's time includes the set-up of the micro-batch it starts)."""
+
+    def __init__(self, x: torch.Tensor, steps: set[int]):
+        self.wanted = steps
+        self.images = {t: torch.empty_like(x) for t in steps}
+        self.wall: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
+        self.last = (time.perf_counter(), time.process_time())
+
+    def __call__(self, t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall[t] = self.wall.get(t, 0.0) + now[0] - self.last[0]
+        self.cpu[t] = self.cpu.get(t, 0.0) + now[1] - self.last[1]
+        if t in self.wanted:
+            self.images[t][index] = x_adv
+        self.last = (time.perf_counter(), time.process_time())  # the copy is not the attack's time
+
+    def close(self) -> None:
+        """Charge what followed the last step (the last micro-batch's teardown) to the last step."""
+        now = (time.perf_counter(), time.process_time())
+        last = max(self.wall, default=0)
+        self.wall[last] = self.wall.get(last, 0.0) + now[0] - self.last[0]
+        self.cpu[last] = self.cpu.get(last, 0.0) + now[1] - self.last[1]
+
+    def seconds_until(self, steps: int) -> float:
+        return sum(s for t, s in self.wall.items() if t <= steps)
+
+    def cpu_seconds_until(self, steps: int) -> float:
+        return sum(s for t, s in self.cpu.items() if t <= steps)

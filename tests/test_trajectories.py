@@ -79,3 +79,14 @@ def test_runs_recording_per_step_predictions_do_not_share(tmp_path, calls):
     config = write_config(tmp_path, attacks=ATTACKS, **{"eval.record_every": 2})
     run(config, tmp_path / "r")
     assert {name for name, _ in calls} == set(ATTACKS)
+
+
+def test_the_plan_counts_a_shared_trajectory_once(tmp_path, capsys):
+    config = write_config(tmp_path, attacks=ATTACKS)
+    cli.main(["run", str(config), "--out", str(tmp_path / "p"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "one trajectory: mi, mi_steps3, mi_steps9 share the run of mi_steps9" in out  # yaml sorts
+    assert "(9 passes/image for all, not 17)" in out
+    images = 12  # the tiny folder dataset
+    passes = 9 + 5 + 9  # the MI trajectory, pgd_rs, mi_mu
+    assert f"about {passes * images:,} image forward+backward passes" in out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transferlab.attacks.scaled import relative_factor
 from transferlab.runner.resolve import attack_from_spec
+from transferlab.runner.trajectories import share_key
 
 
 def timm_weights_status(name: str) -> tuple[bool | None, str]:
@@ -92,13 +93,18 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
     print("\njobs (attack x source), forward+backward passes per image:")
     total = 0
     width = max([14, *(len(name) for name in cfg["attacks"])])
+    shared: dict[str, dict[str, float]] = {}  # share key -> entry -> its passes (one run of the longest)
     for name, spec in cfg["attacks"].items():
         attack = attack_from_spec(name, spec, data.resolution, cfg["seed"])
         per_source = [attack.bind_source(k).passes_total() * k
                       for k in (member_passes(cfg, source) for source in cfg["models"]["sources"])]
         passes = f"{per_source[0]:g}" if len(set(per_source)) == 1 else \
             "/".join(f"{p:g}" for p in per_source) + " (by source)"
-        total += sum(per_source) * limit
+        key = share_key(cfg, spec, attack)
+        if key is None:
+            total += sum(per_source) * limit
+        else:
+            shared.setdefault(key, {})[name] = sum(per_source) * limit
         params = {c.name: c.params() for c in attack.components}
         for comp, given in spec["params"].items():  # budget-relative values: the expression beside its value
             for key, value in (given or {}).items():
@@ -109,6 +115,13 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
             f"steps={spec['steps']} "
             f"random_start={attack.random_start}  ~{passes} passes/image  {params}"
         )
+    for group in shared.values():
+        total += max(group.values())
+        if len(group) > 1:
+            longest = max(group, key=group.get)
+            alone = sum(group.values()) / limit
+            print(f"  one trajectory: {', '.join(group)} share the run of {longest} "
+                  f"({group[longest] / limit:g} passes/image for all, not {alone:g})")
     print(
         f"\nestimated: about {int(total):,} image forward+backward passes on the sources "
         f"(+ {limit * len(names) * (1 + len(cfg['attacks'])):,} forwards for clean and target predictions)"

@@ -39,17 +39,18 @@ if TYPE_CHECKING:
 def trajectory_groups(exp: Experiment, jobs: list[Job]) -> list[list[Job]]:
     """The jobs in config order, those that may share a trajectory grouped (ordered by steps, at the
     place of the group's first job); every other job is a group of its own."""
-    if exp.cfg["eval"]["record_every"]:
-        return [[job] for job in jobs]
     groups: dict[object, list[Job]] = {}
     for job in jobs:
-        shares = job.spec["steps"] > 0 and exp.build(job).prefix_stable()
-        key = (job.source, _without_steps(job.spec)) if shares else job
-        groups.setdefault(key, []).append(job)
+        key = share_key(exp.cfg, job.spec, exp.build(job))
+        groups.setdefault(job if key is None else (job.source, key), []).append(job)
     return [sorted(group, key=lambda j: j.spec["steps"]) for group in groups.values()]
 
 
-def _without_steps(spec: dict) -> str:
+def share_key(cfg: dict, spec: dict, attack) -> str | None:
+    """What entries sharing one trajectory have in common (their spec but `steps`), or None for an
+    entry that runs alone (not prefix-stable, no steps, or per-step predictions recorded)."""
+    if cfg["eval"]["record_every"] or spec["steps"] < 1 or not attack.prefix_stable():
+        return None
     return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=str)
 
 

@@ -68,7 +68,7 @@ def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) ->
         return
     attacks = {job: exp.build(job) for job in group}
     costs = {job: _cost_record(exp, job) for job in group}
-    names = ", ".join(job.attack for job in group)
+    names = ", ".join(job.attack for job in group if lacking[job])
     bar = tqdm(
         total=sum(len(blocks[b]) for b in todo), desc=f"{names} on {group[0].source} (one trajectory)",
         unit="img", disable=not exp.progress,

@@ -82,7 +82,7 @@ def attack_job(exp: Experiment, job: Job, blocks: list[list[Item]]) -> None:
     todo = [block for block in blocks if not all(usable_adv(exp, job, i) for i in block)]
     if not todo:
         return
-    cost = _cost_record(exp, job)
+    cost = cost_record(exp, job)
     attack = exp.build(job)
     every = exp.cfg["eval"]["record_every"]
     bar = tqdm(
@@ -149,7 +149,7 @@ def store_chunk(exp: Experiment, job: Job, attack, chunk: list[Item], x: torch.T
     run.write_cost(job.attack, job.source, exp.shard.scope, cost)
 
 
-def _cost_record(exp: Experiment, job: Job) -> dict:
+def cost_record(exp: Experiment, job: Job) -> dict:
     """This writer's accounting of the job (time, forwards, images), with the commit and machine."""
     cost = exp.run_dir.read_costs(job.attack, job.source).get(exp.shard.scope) or {}
     for field in COST_FIELDS:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transferlab.data import Item
 from transferlab.rundir import Job
 from transferlab.runner.attacking import (
-    _cost_record,
+    cost_record,
     job_record,
     load_chunk,
     run_chunk,
@@ -67,7 +67,7 @@ def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) ->
     if not todo:
         return
     attacks = {job: exp.build(job) for job in group}
-    costs = {job: _cost_record(exp, job) for job in group}
+    costs = {job: cost_record(exp, job) for job in group}
     names = ", ".join(job.attack for job in group if lacking[job])
     bar = tqdm(
         total=sum(len(blocks[b]) for b in todo), desc=f"{names} on {group[0].source} (one trajectory)",

@@ -7,7 +7,7 @@ that still lacks a block gives every shorter one its block at its step: 410 pass
 the sum of all (1,133 for the eight MI entries of the ImageNet-lite baselines).
 
 Each job keeps its own key, PNGs, evaluation and accounting. Its seconds are those of the shared run up
-to its last step (what it would cost alone) and its forwards those it declares; the cost record names
+to its last step (what it would cost alone) and its share of the counted forwards; the cost record names
 the attack whose run produced it (`trajectory_of`). Runs recording per-step predictions
 (`eval.record_every`) do not share: each job records its own steps.
 """
@@ -87,7 +87,8 @@ def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) ->
             steps, cost = job.spec["steps"], costs[job]
             cost["seconds"] += reader.seconds_until(steps)
             cost["cpu_seconds"] += reader.cpu_seconds_until(steps)
-            cost["forwards"] += attacks[job].declared_forwards(len(chunk))
+            # a prefix-stable attack sends the same inputs every step: the counted forwards pro rata
+            cost["forwards"] += attacks[longest].forwards_total * steps / longest.spec["steps"]
             if job is not longest:
                 cost["trajectory_of"] = longest.attack
             image = adv if job is longest else reader.images[steps]

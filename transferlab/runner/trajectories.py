@@ -80,13 +80,14 @@ def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) ->
         x, y = load_chunk(exp, longest, chunk)
         for job in members[:-1]:
             exp.run_dir.eval_file(job.attack, job.source, chunk[0].image_id).unlink(missing_ok=True)
-        reader = StepReader(x, {job.spec["steps"] for job in members})
+        reader = StepReader(x, {job.spec["steps"] for job in members[:-1]})
         adv = run_chunk(exp, longest, attacks[longest], chunk, x, y, reader)
         reader.close()
         for job in members:
             steps, cost = job.spec["steps"], costs[job]
-            cost["seconds"] += reader.seconds_until(steps)
-            cost["cpu_seconds"] += reader.cpu_seconds_until(steps)
+            wall, cpu = reader.until(steps)
+            cost["seconds"] += wall
+            cost["cpu_seconds"] += cpu
             # a prefix-stable attack sends the same inputs every step: the counted forwards pro rata
             cost["forwards"] += attacks[longest].forwards_total * steps / longest.spec["steps"]
             if job is not longest:
@@ -98,33 +99,29 @@ def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) ->
 
 
 class StepReader:
-    """A step hook keeping the batch's images after the wanted steps and the time spent per step
-    (a step's time includes the set-up of the micro-batch it starts)."""
+    """A step hook keeping the batch's images after the wanted steps and the (wall, CPU) seconds spent
+    per step (a step's time includes the set-up of the micro-batch it starts)."""
 
     def __init__(self, x: torch.Tensor, steps: set[int]):
-        self.wanted = steps
         self.images = {t: torch.empty_like(x) for t in steps}
-        self.wall: dict[int, float] = {}
-        self.cpu: dict[int, float] = {}
+        self.spent: dict[int, tuple[float, float]] = {}
         self.last = (time.perf_counter(), time.process_time())
 
     def __call__(self, t: int, x_adv: torch.Tensor, index: torch.Tensor) -> None:
-        now = (time.perf_counter(), time.process_time())
-        self.wall[t] = self.wall.get(t, 0.0) + now[0] - self.last[0]
-        self.cpu[t] = self.cpu.get(t, 0.0) + now[1] - self.last[1]
-        if t in self.wanted:
+        self._charge(t)
+        if t in self.images:
             self.images[t][index] = x_adv
         self.last = (time.perf_counter(), time.process_time())  # the copy is not the attack's time
 
     def close(self) -> None:
         """Charge what followed the last step (the last micro-batch's teardown) to the last step."""
-        now = (time.perf_counter(), time.process_time())
-        last = max(self.wall, default=0)
-        self.wall[last] = self.wall.get(last, 0.0) + now[0] - self.last[0]
-        self.cpu[last] = self.cpu.get(last, 0.0) + now[1] - self.last[1]
+        self._charge(max(self.spent, default=0))
 
-    def seconds_until(self, steps: int) -> float:
-        return sum(s for t, s in self.wall.items() if t <= steps)
+    def _charge(self, t: int) -> None:
+        wall, cpu = self.spent.get(t, (0.0, 0.0))
+        self.spent[t] = (wall + time.perf_counter() - self.last[0], cpu + time.process_time() - self.last[1])
 
-    def cpu_seconds_until(self, steps: int) -> float:
-        return sum(s for t, s in self.cpu.items() if t <= steps)
+    def until(self, steps: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of the steps up to `steps`."""
+        spent = [v for t, v in self.spent.items() if t <= steps]
+        return sum(w for w, _ in spent), sum(c for _, c in spent)

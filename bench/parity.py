@@ -28,6 +28,9 @@ Run:  OMP_NUM_THREADS=1 python bench/parity.py --setting both          (the full
           (a smoke run)
       python bench/parity.py --list           (the pairs, their aligned hyperparameters and known
           differences, and the attacks not compared; loads nothing)
+Side by side: two benches with disjoint --attacks, each into its own --out (one thread each), then
+      python bench/parity.py --out results/parity --merge OTHER_OUT   (takes OTHER_OUT's rows; refuses a
+          setting computed with other parameters)
 Resumable: finished (setting, attack, library) rows in OUT/parity.csv are kept and not recomputed (a
 setting whose parameters changed — --limit, --seed — is recomputed); every file is written atomically after
 each row. Writes OUT/parity.csv (tidy; default OUT results/parity), parity.md (a table per setting, the
@@ -597,7 +600,7 @@ class Results:
         self.csv, self.md, self.manifest_path = (self.out / f"parity.{ext}" for ext in ("csv", "md",
                                                                                       "manifest.json"))
         self.rows = pd.DataFrame(columns=COLUMNS + EXTRA_COLUMNS)
-        self.manifest: dict[str, Any] = {"settings": {}, "rows": {}, "skipped": {}, "data": {}}
+        self.manifest: dict[str, Any] = {"settings": {}, "rows": {}, "skipped": {}, "data": {}, "merged": []}
         if self.csv.exists():
             self.rows = pd.read_csv(self.csv, keep_default_na=False, na_values=[""])
             self.rows = self.rows[self.rows["verdict"].isin(VERDICTS)]
@@ -653,6 +656,38 @@ class Results:
         self.rows = new if old.empty else pd.concat([old, new], ignore_index=True)
         self.manifest["rows"][key] = meta
         self.manifest["skipped"].pop(key, None)
+
+    def merge(self, other: Results) -> list[str]:
+        """Take every row `other` holds (a second process's --out, e.g. one run with other --attacks) of a
+        setting whose parameters equal ours (or that we do not hold yet), its meta included; the row keys
+        taken. A setting computed with other parameters is refused, naming it: mixing them would put rows of
+        two experiments in one table."""
+        taken = []
+        for name, desc in other.manifest["settings"].items():
+            mine = self.manifest["settings"].get(name)
+            if mine is not None and location_free(mine) != location_free(desc):
+                changed = sorted(k for k in set(mine) | set(desc)
+                                 if k != "data" and mine.get(k) != desc.get(k))
+                raise ConfigError(f"{other.out}: setting {name!r} was computed with other parameters than "
+                                  f"{self.out}'s ({', '.join(changed) or 'data'} differ); not merged")
+            self.manifest["settings"][name] = desc
+            theirs = other.rows[other.rows["setting"] == name]
+            for (attack, library), rows in theirs.groupby(["attack", "library"], sort=False):
+                key = f"{name}/{attack}/{library}"
+                if key not in other.manifest["rows"]:
+                    continue
+                self.add(rows.to_dict("records"), other.manifest["rows"][key])
+                taken.append(key)
+            for key, reason in other.manifest["skipped"].items():
+                if key.startswith(f"{name}/") and key not in self.manifest["rows"]:
+                    self.manifest["skipped"].setdefault(key, reason)
+            if name in other.manifest["data"]:
+                self.manifest["data"].setdefault(name, other.manifest["data"][name])
+        merged = self.manifest.setdefault("merged", [])
+        merged.append({"from": str(other.out), "rows": taken,
+                       "provenance": other.manifest.get("provenance"),
+                       "threads": other.manifest.get("threads"), "total_s": other.manifest.get("total_s")})
+        return taken
 
     def skip(self, setting: str, pair: Pair, reason: str) -> None:
         self.manifest["skipped"][f"{setting}/{pair.attack}/{pair.library}"] = reason
@@ -859,6 +894,9 @@ def main(argv=None) -> int:
     p.add_argument("--shared", default=str(REPO.parent / "shared"), help="the shared/ folder (data, weights)")
     p.add_argument("--list", action="store_true", help="print the pairs table and exit")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                   help="take the finished rows of other --out directories (benches run side by side with "
+                        "other --attacks) into --out, rewrite its tables and exit; computes nothing")
     args = p.parse_args(argv)
     pairs = select_pairs(args.attacks)
     if args.list:
@@ -869,10 +907,31 @@ def main(argv=None) -> int:
 
     try:  # two benches writing one --out would each overwrite the other's rows
         with RunLock(Path(args.out), scope="parity"):
-            return compare(args, pairs)
+            return merge(args) if args.merge else compare(args, pairs)
     except RunLockedError as exc:
         print(f"parity: {exc}", file=sys.stderr)
         return 2
+
+
+def merge(args: argparse.Namespace) -> int:
+    """--merge: every other directory's rows into --out (each under its own lock), then the tables."""
+    from transferlab.rundir.lock import RunLock
+
+    results = Results(args.out)
+    for other in args.merge:
+        if not (Path(other) / "parity.csv").exists():
+            print(f"parity: {other} holds no parity.csv", file=sys.stderr)
+            return 2
+        with RunLock(Path(other), scope="parity"):
+            try:
+                taken = results.merge(Results(other))
+            except ConfigError as exc:
+                print(f"parity: {exc}", file=sys.stderr)
+                return 2
+        print(f"{other}: {len(taken)} rows merged ({', '.join(taken) or 'none'})")
+    results.write()
+    print(f"wrote {results.csv}, {results.md}, {results.manifest_path}")
+    return 0
 
 
 def compare(args: argparse.Namespace, pairs: Sequence[Pair]) -> int:

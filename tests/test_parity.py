@@ -311,3 +311,31 @@ def test_a_second_bench_into_the_same_out_is_refused_before_it_writes(tmp_path, 
     assert code == 2
     assert "the first" in capsys.readouterr().err
     assert not (tmp_path / "parity.csv").exists()
+
+
+def test_two_benches_side_by_side_merge_into_the_table_one_bench_writes(tmp_path, monkeypatch, capsys):
+    """Disjoint --attacks into two --out directories, then --merge: the same rows (timings aside) as one
+    bench computing them all; a setting computed with other parameters is refused, naming it."""
+    pytest.importorskip("torchattack")
+    pairs = [p for p in parity.PAIRS if p.attack in ("pgd", "mi") and p.library == "torchattack"]
+    quiet = {"progress": False, "log": lambda _: None}
+    parity.run_pairs(tiny_prepared(), pairs, tmp_path / "one", **quiet)
+    parity.run_pairs(tiny_prepared(), pairs[:1], tmp_path / "a", **quiet)
+    parity.run_pairs(tiny_prepared(), pairs[1:], tmp_path / "b", **quiet)
+    assert parity.main(["--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]) == 0
+    assert "1 rows merged (tiny/mi/torchattack)" in capsys.readouterr().out
+    timing = ["seconds_ours", "seconds_theirs"]
+    one = pd.read_csv(tmp_path / "one" / "parity.csv").drop(columns=timing)
+    merged = pd.read_csv(tmp_path / "a" / "parity.csv").drop(columns=timing)
+    pd.testing.assert_frame_equal(merged, one)
+    manifest = parity.Results(tmp_path / "a").manifest
+    assert set(manifest["rows"]) == {"tiny/pgd/torchattack", "tiny/mi/torchattack"}
+    assert manifest["merged"][0]["rows"] == ["tiny/mi/torchattack"]
+    assert "| mi | torchattack |" in (tmp_path / "a" / "parity.md").read_text()
+
+    parity.run_pairs(tiny_prepared(steps=2), pairs[1:], tmp_path / "c", **quiet)
+    before = (tmp_path / "a" / "parity.csv").read_bytes()
+    assert parity.main(["--out", str(tmp_path / "a"), "--merge", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "'tiny' was computed with other parameters" in err and "(steps differ)" in err
+    assert (tmp_path / "a" / "parity.csv").read_bytes() == before

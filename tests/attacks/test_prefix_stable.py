@@ -29,10 +29,10 @@ def trajectory(method: str, steps: int, norm: str = "linf", **kwargs) -> tuple[t
 
 
 def test_the_declared_components_are_the_deterministic_ones():
-    assert DECLARED == ["mi", "ni", "ti"]
+    assert DECLARED == ["mi", "ni", "si", "ti"]
 
 
-@pytest.mark.parametrize("method", ["pgd", *DECLARED, "mi+ti", "ni+ti"])
+@pytest.mark.parametrize("method", ["pgd", *DECLARED, "mi+ti", "ni+ti", "ni+si"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_a_shorter_run_is_a_prefix_of_a_longer_one_byte_for_byte(method, norm):
     _, seen = trajectory(method, 7, norm)

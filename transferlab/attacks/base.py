@@ -352,7 +352,7 @@ class Attack:
 
     def prefix_stable(self) -> bool:
         """Whether this attack after t steps equals, byte for byte, the same attack of t steps: no random
-        start and only `Component.prefix_stable` components (MI, NI, TI)."""
+        start and only `Component.prefix_stable` components (MI, NI, SI, TI)."""
         return not self.random_start and all(c.prefix_stable for c in self.components)
 
     def bind_source(self, members: int) -> Attack:

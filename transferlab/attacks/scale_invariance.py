@@ -55,6 +55,7 @@ class ScaleInvariance(Component):
     center: float = 0.5
 
     order = 30  # after Admix's mixing (25): scales of the mixed image, as the official Admix code
+    prefix_stable = True  # fixed scales, no draws
 
     def __post_init__(self) -> None:
         if self.copies < 1:

@@ -1,7 +1,7 @@
 """Attacks that differ only in their step count share one trajectory.
 
 A compute-matched table runs MI at 10, 22, 40, … 410 steps. With a fixed α, no random start and
-prefix-stable components (`Component.prefix_stable`: MI, NI, TI), the image after t steps of the
+prefix-stable components (`Component.prefix_stable`: MI, NI, SI, TI), the image after t steps of the
 410-step attack is byte for byte the image a t-step attack ends with, so one run of the longest attack
 that still lacks a block gives every shorter one its block at its step: 410 passes per image instead of
 the sum of all (1,133 for the eight MI entries of the ImageNet-lite baselines).

@@ -90,3 +90,31 @@ def test_the_plan_counts_a_shared_trajectory_once(tmp_path, capsys):
     images = 12  # the tiny folder dataset
     passes = 9 + 5 + 9  # the MI trajectory, pgd_rs, mi_mu
     assert f"about {passes * images:,} image forward+backward passes" in out
+
+
+def test_a_shared_trajectory_on_an_ensemble_source_costs_what_separate_runs_cost(tmp_path, monkeypatch,
+                                                                                 calls):
+    """An ensemble source (two members, logit fusion) shares as a single model does: the same bytes as
+    separate runs; each entry's cost counts its own steps' forwards of the ensemble (in full forwards of the
+    source, as a separate run counts them) and its passes column both members."""
+    attacks = {"mi_steps3": {"method": "mi", "steps": 3}, "mi_steps7": {"method": "mi", "steps": 7}}
+    config = write_config(tmp_path, attacks=attacks, **{"models.sources": [["tiny_a", "tiny_b"]]})
+    report = run(config, tmp_path / "shared")
+    assert calls and set(calls) == {("mi_steps7", 7)}
+    calls.clear()
+    run_alone(config, tmp_path / "alone", monkeypatch)
+    assert {name for name, _ in calls} == set(attacks)
+    shared = adv_files(tmp_path / "shared")
+    assert shared == adv_files(tmp_path / "alone") and len(shared) >= 2 * 4
+    for name in ("results.csv", "records.csv"):
+        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+    for attack, steps in (("mi_steps3", 3), ("mi_steps7", 7)):
+        costs = {d: list(RunDir(tmp_path / d).read_costs(attack, "tiny_a+tiny_b").values())
+                 for d in ("shared", "alone")}
+        images = sum(c["images"] for c in costs["shared"])
+        assert [c["forwards"] for c in costs["shared"]] == [c["forwards"] for c in costs["alone"]] \
+            == [steps * images], attack
+        passes = report["results"].groupby("attack")[["passes_per_step", "passes"]].first()
+        assert passes.loc[attack].tolist() == [2, 2 * steps]
+    assert {c.get("trajectory_of") for c in RunDir(tmp_path / "shared").read_costs(
+        "mi_steps3", "tiny_a+tiny_b").values()} == {"mi_steps7"}

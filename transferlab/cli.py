@@ -87,12 +87,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     dirs = [Path(d) for d in args.dirs]
     out = Path(args.out) if args.out else None
+    if args.records_only:
+        return report_records_only(dirs, out)
     report = report_dirs(dirs, out)
     target = out or dirs[0]
     shards = report["manifest"]["world_size"]
     print(f"{report['manifest']['config']['name']}: report of {shards} shard(s) from "
           f"{', '.join(map(str, dirs))} written to {target}/")
     print((target / "table.md").read_text().split("## Error rate")[0])
+    return 0
+
+
+def report_records_only(dirs: list[Path], out: Path | None) -> int:
+    """`report --records-only`: re-render each finished run's tables from its committed tables."""
+    from transferlab.errors import ConfigError
+    from transferlab.eval.report import report_from_records
+    from transferlab.rundir import RunDir
+    from transferlab.rundir.lock import RunLock
+
+    if out is not None:
+        raise ConfigError("report --records-only rewrites each DIR in place; --out merges shards and needs "
+                          "the adversarial images: leave it out")
+    for d in dirs:
+        with RunLock(d):
+            report = report_from_records(RunDir(d))
+        print(f"{report['manifest']['config']['name']}: tables and plots re-rendered from {d}/records.csv")
+        print((d / "table.md").read_text().split("## Error rate")[0])
     return 0
 
 
@@ -283,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (shards of one run)")
     report.add_argument(
         "--out", help="merge into this directory (default: the first DIR; with several DIRs, required)"
+    )
+    report.add_argument(
+        "--records-only", action="store_true",
+        help="re-render a finished run's tables and plots from its committed tables (records.csv, "
+             "results.csv, costs.csv, manifest.json, shards/) without its adversarial images",
     )
     report.set_defaults(func=cmd_report)
 

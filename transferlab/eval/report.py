@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ from transferlab.eval.compare import (  # noqa: E402
     matched_markdown,
 )
 from transferlab.eval.records import assemble_records, missing_work  # noqa: E402
-from transferlab.eval.transfer import summarise  # noqa: E402
+from transferlab.eval.transfer import BEST_STEP, summarise  # noqa: E402
 from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
+from transferlab.provenance import provenance  # noqa: E402
 from transferlab.rundir import RunDir, RunDirError, jobs_of  # noqa: E402
 from transferlab.rundir.layout import COST_FIELDS, ordered_config  # noqa: E402
 
@@ -180,8 +183,6 @@ def gains_section(gains: pd.DataFrame) -> str:
 
 
 def best_step_section(results: pd.DataFrame) -> str:
-    from transferlab.eval.transfer import BEST_STEP
-
     if not (results.metric == BEST_STEP).any():
         return ""
     return (
@@ -419,25 +420,50 @@ def report_run(run: RunDir, plan: str | None = None) -> dict[str, Any]:
     return write_reports(run, cfg, assemble_records(run, cfg), records)
 
 
-def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[dict]) -> dict[str, Any]:
+@dataclass
+class Measured:
+    """What a run measured besides its records: per-step predictions (when recorded), passes per image,
+    the cost table and the commits whose code attacked the images."""
+
+    steps: dict = field(default_factory=dict)  # (attack, source) -> per-step records
+    passes: dict = field(default_factory=dict)  # (attack, source) -> (passes per step, passes in total)
+    costs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    commits: list = field(default_factory=list)
+    best_step: pd.DataFrame | None = None  # best-step rows kept from results.csv (no per-step records)
+
+
+def measured_of(run: RunDir, cfg: dict) -> Measured:
+    """Gather `Measured` from the run's job files (job.json, cost/, steps/)."""
+    jobs = jobs_of(cfg)
+    steps = {(j.attack, j.source): run.read_steps(j.attack, j.source) for j in jobs}
+    commits = {c.get("commit") or "" for j in jobs for cost in run.read_costs(j.attack, j.source).values()
+               for c in cost.get("git", [])}
+    return Measured({k: v for k, v in steps.items() if v is not None}, passes_of(run, jobs),
+                    cost_table(run, cfg, baseline_of(cfg)), sorted(commits))
+
+
+def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[dict],
+                  measured: Measured | None = None) -> dict[str, Any]:
     """records.csv, results.csv, costs.csv, gains.csv, table.md, transfer.png and manifest.json.
 
     `writers`: the records of every process that worked on the run (`shards/<scope>.json`), the first
-    the primary one (the one-process run, else shard 0)."""
-    jobs = jobs_of(cfg)
-    steps = {(j.attack, j.source): run.read_steps(j.attack, j.source) for j in jobs}
-    results = summarise(records, cfg["attacks"], {k: v for k, v in steps.items() if v is not None},
-                        passes_of(run, jobs))
+    the primary one (the one-process run, else shard 0). `measured`: default, read from the job files."""
+    measured = measured if measured is not None else measured_of(run, cfg)
+    results = summarise(records, cfg["attacks"], measured.steps, measured.passes)
+    if measured.best_step is not None and not measured.steps:
+        results = pd.concat([results, measured.best_step], ignore_index=True)
+        results = results.sort_values(["attack", "source", "target"], kind="stable",
+                                      key=lambda c: c.map({v: k for k, v in enumerate(dict.fromkeys(c))}))
     atomic_write_csv(run.records_csv, records)
     atomic_write_csv(run.results_csv, results)
     baseline = baseline_of(cfg)
-    costs = cost_table(run, cfg, baseline)
+    costs = measured.costs
     atomic_write_csv(run.costs_csv, costs)
     outcome = "hit" if cfg.get("targeted") else "fooled"
     gains = (gains_over(records, baseline=baseline, seed=cfg["seed"], outcome=outcome) if baseline
              else empty_gains())
     atomic_write_csv(run.gains_csv, gains)
-    totals = {k: v[1] for k, v in passes_of(run, jobs).items()}
+    totals = {k: v[1] for k, v in measured.passes.items()}
     methods = {name: "+".join(str(m) for m in np.atleast_1d(spec["method"]))
                for name, spec in cfg["attacks"].items()}
     matched = matched_gains(records, totals, methods, reference=MATCHED_REFERENCE, seed=cfg["seed"],
@@ -456,12 +482,6 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
         transfer_plot(results, run.transfer_png, cfg["name"])
         passes_plot(results, run.passes_png, f"{cfg['name']}: transfer per compute", reference=mi_line)
     notices = list(dict.fromkeys(n for w in writers for n in w.get("notices", [])))
-    commits = {
-        c.get("commit") or ""
-        for j in jobs
-        for cost in run.read_costs(j.attack, j.source).values()
-        for c in cost.get("git", [])
-    }
     manifest = {
         "config": cfg,
         "attack_order": list(cfg["attacks"]),
@@ -486,10 +506,53 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
         "jobs": costs.to_dict(orient="records"),
         **primary.get("provenance", {}),
         # the commits whose code attacked the images (more than one when a run was resumed across commits)
-        "job_commits": sorted(commits),
+        "job_commits": list(measured.commits),
     }
     atomic_write_json(run.manifest_json, manifest)
     return {"results": results, "records": records, "costs": costs, "manifest": manifest}
+
+
+def report_from_records(run: RunDir) -> dict[str, Any]:
+    """Re-render a finished run's tables, plots and manifest from its committed tables alone (records.csv,
+    results.csv, costs.csv, manifest.json, shards/): no adversarial PNGs or evaluations needed, so a clone
+    of results/ can be re-reported after the report code changes. The rates are recomputed from
+    records.csv; passes, costs, commits and the best-step rows (when no per-step records are on disk) are
+    carried from the run's tables; the manifest says it was re-rendered."""
+    need = [run.records_csv, run.results_csv, run.costs_csv, run.manifest_json]
+    missing = [p.name for p in need if not p.is_file()]
+    if missing:
+        raise RunDirError(f"{run.root}: --records-only needs {', '.join(missing)} (written by a finished "
+                          "run's report); run `transferlab report` on the full run directory instead")
+    try:
+        old = json.loads(run.manifest_json.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{run.manifest_json} is not valid JSON ({exc})") from None
+    plan, writers = _plan_records([run], old.get("plan"))
+    cfg = ordered_config(writers[0])
+    records = pd.read_csv(run.records_csv, keep_default_na=False, na_values=[""])
+    results = pd.read_csv(run.results_csv)
+    known = set(cfg["attacks"])
+    stray = sorted(set(records.attack) - known)
+    if stray:
+        raise RunDirError(f"{run.records_csv}: attacks {stray} are not in the run's config {sorted(known)}")
+    first = results.groupby(["attack", "source"], sort=False)[["passes_per_step", "passes"]].first()
+    passes = {k: (float(v.passes_per_step), float(v.passes)) for k, v in first.iterrows()
+              if not np.isnan(v.passes)}
+    steps = {}
+    for job in jobs_of(cfg):
+        per_step = run.read_steps(job.attack, job.source)
+        if per_step is not None:
+            steps[(job.attack, job.source)] = per_step
+    best = results[results.metric == BEST_STEP]
+    measured = Measured(steps, passes, pd.read_csv(run.costs_csv), list(old.get("job_commits", [])),
+                        best_step=best if len(best) else None)
+    report = write_reports(run, cfg, records, writers, measured)
+    if "jobs" in old:  # costs.csv rounds; the manifest keeps the run's own figures
+        report["manifest"]["jobs"] = old["jobs"]
+    report["manifest"]["rendered_from_records"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                   "finished": old.get("finished"), **provenance()}
+    atomic_write_json(run.manifest_json, report["manifest"])
+    return report
 
 
 def shard_summary(writer: dict) -> dict:

@@ -70,3 +70,11 @@ def test_a_directory_without_the_tables_is_refused_naming_them(tmp_path, capsys)
     (copy / "costs.csv").unlink()
     assert cli.main(["report", str(copy), "--records-only"]) != 0
     assert "costs.csv" in capsys.readouterr().err
+
+
+def test_a_plain_report_of_a_committed_copy_names_records_only(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(write_config(tmp_path), out)
+    copy = committed_copy(out, tmp_path / "clone")
+    assert cli.main(["report", str(copy)]) != 0
+    assert f"transferlab report {copy} --records-only" in capsys.readouterr().err

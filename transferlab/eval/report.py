@@ -409,7 +409,17 @@ def check_complete(runs: list[RunDir], cfg: dict, records: list[dict]) -> None:
         f"{where} is not complete: {len(missing)} blocks of images lack their adversarial PNGs or target "
         f"evaluations (finished writers: {', '.join(have)}):\n{describe_missing(missing, shards, states)}\n"
         "Run the missing shards (the same command with their --shard K/N), then report again"
+        + records_only_hint(runs)
     )
+
+
+def records_only_hint(runs: list[RunDir]) -> str:
+    """For a committed copy of a finished run (its tables, none of its images): the command that fits."""
+    if all(run.records_csv.is_file() and not (run.root / "adv").is_dir() for run in runs):
+        dirs = " ".join(str(run.root) for run in runs)
+        return (f". {dirs} holds a finished run's tables but no adversarial images (a committed copy?): "
+                f"`transferlab report {dirs} --records-only` re-renders its tables from records.csv")
+    return ""
 
 
 def report_run(run: RunDir, plan: str | None = None) -> dict[str, Any]:

@@ -46,17 +46,23 @@ def run_alone(config, out, monkeypatch) -> None:
         run(config, out)
 
 
+def assert_same_as_alone(config, tmp_path, monkeypatch, calls, attacks, pngs: int) -> None:
+    """Run `config` with every job alone into tmp_path/alone: each attack runs, and the PNGs, results.csv
+    and records.csv equal those of the shared run in tmp_path/shared."""
+    calls.clear()
+    run_alone(config, tmp_path / "alone", monkeypatch)
+    assert {name for name, _ in calls} == set(attacks)
+    shared = adv_files(tmp_path / "shared")
+    assert shared == adv_files(tmp_path / "alone") and len(shared) >= pngs
+    for name in ("results.csv", "records.csv"):
+        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
 def test_shared_trajectories_give_the_bytes_of_separate_runs(tmp_path, monkeypatch, calls):
     config = write_config(tmp_path, attacks=ATTACKS)
     run(config, tmp_path / "shared")
     assert {name for name, _ in calls} == {"mi_steps9", "pgd_rs", "mi_mu"}
-    calls.clear()
-    run_alone(config, tmp_path / "alone", monkeypatch)
-    assert {name for name, _ in calls} == set(ATTACKS)
-    shared = adv_files(tmp_path / "shared")
-    assert shared == adv_files(tmp_path / "alone") and len(shared) >= 5 * 4
-    for name in ("results.csv", "records.csv"):
-        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+    assert_same_as_alone(config, tmp_path, monkeypatch, calls, ATTACKS, pngs=5 * 4)
     cost = next(iter(RunDir(tmp_path / "shared").read_costs("mi_steps3", "tiny_a").values()))
     assert cost["trajectory_of"] == "mi_steps9" and cost["forwards"] == 3 * cost["images"]
     assert 0 < cost["seconds"]
@@ -101,13 +107,7 @@ def test_a_shared_trajectory_on_an_ensemble_source_costs_what_separate_runs_cost
     config = write_config(tmp_path, attacks=attacks, **{"models.sources": [["tiny_a", "tiny_b"]]})
     report = run(config, tmp_path / "shared")
     assert calls and set(calls) == {("mi_steps7", 7)}
-    calls.clear()
-    run_alone(config, tmp_path / "alone", monkeypatch)
-    assert {name for name, _ in calls} == set(attacks)
-    shared = adv_files(tmp_path / "shared")
-    assert shared == adv_files(tmp_path / "alone") and len(shared) >= 2 * 4
-    for name in ("results.csv", "records.csv"):
-        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+    assert_same_as_alone(config, tmp_path, monkeypatch, calls, attacks, pngs=2 * 4)
     for attack, steps in (("mi_steps3", 3), ("mi_steps7", 7)):
         costs = {d: list(RunDir(tmp_path / d).read_costs(attack, "tiny_a+tiny_b").values())
                  for d in ("shared", "alone")}

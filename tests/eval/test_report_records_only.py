@@ -43,7 +43,7 @@ def test_committed_tables_re_render_the_same_report(tmp_path, record_every):
     assert (results.metric == "best_step_loo_target_informed").any() == bool(record_every)
     manifest = json.loads((copy / "manifest.json").read_text())
     old = json.loads((out / "manifest.json").read_text())
-    assert manifest["rendered_from_records"]["finished"] == old["finished"]
+    assert manifest["finished"] == old["finished"] and "git" in manifest["rendered_from_records"]
     assert manifest["job_commits"] == old["job_commits"] and manifest["jobs"] == old["jobs"]
 
 
@@ -78,3 +78,16 @@ def test_a_plain_report_of_a_committed_copy_names_records_only(tmp_path, capsys)
     copy = committed_copy(out, tmp_path / "clone")
     assert cli.main(["report", str(copy)]) != 0
     assert f"transferlab report {copy} --records-only" in capsys.readouterr().err
+
+
+def test_a_run_tabled_before_passes_were_kept_re_renders_with_passes_unknown(tmp_path):
+    out = tmp_path / "run"
+    run(write_config(tmp_path), out)
+    copy = committed_copy(out, tmp_path / "clone")
+    results = pd.read_csv(copy / "results.csv").drop(columns=["passes_per_step", "passes"])
+    results.to_csv(copy / "results.csv", index=False)
+    assert cli.main(["report", str(copy), "--records-only"]) == 0
+    assert pd.read_csv(copy / "results.csv").passes.isna().all()
+    table = (copy / "table.md").read_text()
+    assert "| pgd | ? |" in table and "`?`: not recorded" in table
+    assert "`?`" not in (out / "table.md").read_text()

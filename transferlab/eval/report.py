@@ -124,7 +124,10 @@ def table_markdown(
         "(final step); adversarial images quantised to 8 bits by rounding and clipped into the ε-ball. "
         "Cells: rate [95% Wilson interval]; ε, α in 1/255. `passes`: forward+backward passes of the "
         "source per image over the whole attack (steps × passes per step + one-off passes; an ensemble's "
-        "members each count).\n"
+        "members each count)"
+        + ("; `?`: not recorded (the run predates the passes count; its costs table gives the forwards)"
+           if "passes" not in results or results["passes"].isna().any() else "")
+        + ".\n"
         + ("(Untargeted view of a targeted attack: any wrong class counts.)\n"
            if cfg.get("targeted") else ""),
         markdown_table(results, "transfer_success", None if cfg.get("targeted") else cfg.get("reference")),
@@ -545,9 +548,11 @@ def report_from_records(run: RunDir) -> dict[str, Any]:
     stray = sorted(set(records.attack) - known)
     if stray:
         raise RunDirError(f"{run.records_csv}: attacks {stray} are not in the run's config {sorted(known)}")
-    first = results.groupby(["attack", "source"], sort=False)[["passes_per_step", "passes"]].first()
-    passes = {k: (float(v.passes_per_step), float(v.passes)) for k, v in first.iterrows()
-              if not np.isnan(v.passes)}
+    passes = {}  # runs tabled before passes were kept have none (NaN in the tables, as in their report)
+    if {"passes_per_step", "passes"} <= set(results.columns):
+        first = results.groupby(["attack", "source"], sort=False)[["passes_per_step", "passes"]].first()
+        passes = {k: (float(v.passes_per_step), float(v.passes)) for k, v in first.iterrows()
+                  if not np.isnan(v.passes)}
     steps = {}
     for job in jobs_of(cfg):
         per_step = run.read_steps(job.attack, job.source)
@@ -559,8 +564,9 @@ def report_from_records(run: RunDir) -> dict[str, Any]:
     report = write_reports(run, cfg, records, writers, measured)
     if "jobs" in old:  # costs.csv rounds; the manifest keeps the run's own figures
         report["manifest"]["jobs"] = old["jobs"]
-    report["manifest"]["rendered_from_records"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                   "finished": old.get("finished"), **provenance()}
+    if "finished" in old:  # when the run finished, not when its tables were re-rendered
+        report["manifest"]["finished"] = old["finished"]
+    report["manifest"]["rendered_from_records"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **provenance()}
     atomic_write_json(run.manifest_json, report["manifest"])
     return report
 

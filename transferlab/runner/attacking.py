@@ -67,6 +67,7 @@ def job_record(exp: Experiment, job: Job) -> dict:
         "spec": job.spec,
         "steps": attack.steps,
         "eps_unit": attack.eps,
+        "max_forward": attack.max_forward,  # inputs per model call: a resume keeps it (job_max_forward)
         # forward+backward passes of the source per image, as declared (the loop refuses more)
         "passes_per_step": total / max(1, attack.steps),
         "passes": total,

@@ -44,7 +44,13 @@ from transferlab.rundir import (
 )
 from transferlab.rundir.marker import check_split
 from transferlab.runner import attacking, evaluating, select
-from transferlab.runner.resolve import RunError, attack_from_spec, resolve_device
+from transferlab.runner.resolve import (
+    RunError,
+    attack_from_spec,
+    auto_max_forward,
+    first_auto_max_forward,
+    resolve_device,
+)
 from transferlab.runner.trajectories import attack_group, trajectory_groups
 from transferlab.weights import collection_files
 
@@ -176,7 +182,17 @@ class Experiment:
         return plan_digest(self.cfg, self.digests)
 
     def build(self, job: Job):
-        return attack_from_spec(job.attack, job.spec, self.resolution, self.cfg["seed"], self.cfg["targeted"])
+        return attack_from_spec(job.attack, job.spec, self.resolution, self.cfg["seed"], self.cfg["targeted"],
+                                max_forward=self.job_max_forward(job))
+
+    def job_max_forward(self, job: Job) -> int:
+        """Model inputs per forward for `job` when its entry sets none: what its record holds (a resumed job
+        keeps the micro-batches its finished images were made with; other sizes change last bits), the
+        automatic value of its time for a record without the field, else `auto_max_forward`."""
+        meta = self.run_dir.read_job(job.attack, job.source)
+        if meta is None:
+            return auto_max_forward(self.resolution)
+        return int(meta.get("max_forward") or first_auto_max_forward(self.resolution))
 
     def pool(self):
         """Where pool-drawing components (Admix) take other images from: the whole dataset."""

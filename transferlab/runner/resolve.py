@@ -35,19 +35,30 @@ def loop_units(spec: dict, resolution: int) -> tuple[float, float]:
 
 
 def auto_max_forward(resolution: int) -> int:
-    """Largest model batch, about 1M input pixels (20 images at 224 px, 256 at 32 px): measured on 2 CPU
-    cores, larger batches are slower per image (EfficientNet-Lite0 forward+backward: 43 ms/image at 16,
-    76 ms at 32; CIFAR ResNet-20: 1.3 ms at 256, 2.5 ms at 1024)."""
+    """Model inputs per attack forward when a config leaves `max_forward` unset: about 0.5M input pixels
+    (10 images at 224 px, 256 at 32 px, at least 4). Larger calls are slower per image on CPU: EfficientNet-
+    Lite0 forward+backward at 224 px, one thread, per image at 5 / 10 / 20 inputs per call: 31 / 34 / 58 ms
+    channels-last, 38 / 52 / 93 ms contiguous (our MI: `python bench/speed.py --parts d`); CIFAR ResNet-20:
+    1.3 ms at 256, 2.5 ms at 1024. A GPU wants more: set `max_forward`."""
+    return int(max(4, min(256, 2**19 // (resolution * resolution))))
+
+
+def first_auto_max_forward(resolution: int) -> int:
+    """The automatic `max_forward` of runs whose job records predate the `max_forward` field: about 1M
+    input pixels (20 images at 224 px, 256 at 32 px, at least 8). Such a job resumes with it, so its images
+    keep the bytes its finished ones were made with; clean predictions still batch by it."""
     return int(max(8, min(256, 2**20 // (resolution * resolution))))
 
 
 def prediction_batch(resolution: int) -> int:
     """Images per no-grad forward for clean predictions."""
-    return max(1, min(64, auto_max_forward(resolution)))
+    return max(1, min(64, first_auto_max_forward(resolution)))
 
 
-def attack_from_spec(name: str, spec: dict, resolution: int, seed: int, targeted: bool = False):
-    """The attack a validated config entry describes, at the run's attack resolution."""
+def attack_from_spec(name: str, spec: dict, resolution: int, seed: int, targeted: bool = False,
+                     max_forward: int | None = None):
+    """The attack a validated config entry describes, at the run's attack resolution; `max_forward` (model
+    inputs per call) is the entry's, else the one given, else `auto_max_forward`."""
     eps, alpha = loop_units(spec, resolution)
     return build_attack(
         spec["method"],
@@ -58,7 +69,7 @@ def attack_from_spec(name: str, spec: dict, resolution: int, seed: int, targeted
         norm=spec["norm"],
         random_start=spec["random_start"],
         seed=seed,
-        max_forward=spec["max_forward"] or auto_max_forward(resolution),
+        max_forward=spec["max_forward"] or max_forward or auto_max_forward(resolution),
         name=name,
         budget=spec["eps"],
         targeted=targeted,

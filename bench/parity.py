@@ -21,9 +21,9 @@ Settings (`--setting`):
   cifar     cifar10_resnet20 -> ResNet-20 (white-box) and the six other models of
             configs/cpu/cifar10_resnets.yaml; CIFAR-10 test JPEGs; ε=8/255, α=2/255, 10 steps, 500 images.
 
-Run:  OMP_NUM_THREADS=1 python bench/parity.py --setting both          (the full benchmark; CIFAR about
-          an hour, ImageNet about 10 hours on one core: VMI, VNI, Admix, SSA, BSR and GRA cost 15-21
-          passes per step)
+Run:  OMP_NUM_THREADS=1 python bench/parity.py --setting both          (the full benchmark; measured with
+          another job beside it: CIFAR 2.5 hours, ImageNet 8 hours on one core — VMI, VNI, Admix, SSA, BSR
+          and GRA cost 15-21 passes per step; split it with --attacks and --merge, below)
       OMP_NUM_THREADS=1 python bench/parity.py --setting cifar --limit 16 --attacks pgd,mi --out /tmp/p
           (a smoke run)
       python bench/parity.py --list           (the pairs, their aligned hyperparameters and known
@@ -623,10 +623,8 @@ class Results:
             for column in COLUMNS + EXTRA_COLUMNS:  # a file from an older version of this bench
                 if column not in self.rows:
                     self.rows[column] = math.nan
-        if self.manifest_path.exists():
-            old = json.loads(self.manifest_path.read_text())
-            for key in self.manifest:
-                self.manifest[key] = old.get(key, self.manifest[key])
+        if self.manifest_path.exists():  # every key kept: the last bench's args, versions, provenance
+            self.manifest.update(json.loads(self.manifest_path.read_text()))
 
     def use_setting(self, setting: Setting, seed: int = 0) -> int:
         """Record the setting; drop its old rows if they were computed with other parameters (their count).

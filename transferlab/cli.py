@@ -24,6 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from transferlab.rundir import launcher_shard, parse_shard
     from transferlab.runner import Experiment
     from transferlab.runner import distributed as dist
+    from transferlab.runner.allocator import keep_freed_memory
     from transferlab.runner.threads import apply_threads
 
     shard = parse_shard(args.shard) if args.shard else None
@@ -33,6 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "drop --shard under torchrun"
         )
     threads = apply_threads(args.threads)  # before any torch work
+    threads["allocator"] = keep_freed_memory()  # glibc: freed large buffers reused (allocator.py)
     cfg = load_config(args.config, args.overrides, args.plugin)
     if args.only:
         cfg = select_attacks(cfg, args.only, args.config)

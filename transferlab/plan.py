@@ -140,6 +140,8 @@ def print_plan(cfg: dict, out: Path, shard=None, threads: dict | None = None) ->
                   "attack_defaults.batch_size")
     if threads is not None:
         print(f"torch threads: {threads['threads']} ({threads['rule']})")
+        if threads.get("allocator"):
+            print(f"allocator: {threads['allocator']}")
     if missing:
         print(f"\nmissing weights: {', '.join(missing)} — `transferlab models` says how to obtain them")
         return 1

@@ -35,18 +35,19 @@ def loop_units(spec: dict, resolution: int) -> tuple[float, float]:
 
 
 def auto_max_forward(resolution: int) -> int:
-    """Model inputs per attack forward when a config leaves `max_forward` unset: about 0.5M input pixels
-    (10 images at 224 px, 256 at 32 px, at least 4). Larger calls are slower per image on CPU: EfficientNet-
-    Lite0 forward+backward at 224 px, one thread, per image at 5 / 10 / 20 inputs per call: 31 / 34 / 58 ms
-    channels-last, 38 / 52 / 93 ms contiguous (our MI: `python bench/speed.py --parts d`); CIFAR ResNet-20:
+    """Model inputs per attack forward when a config leaves `max_forward` unset: about 1M input pixels (20
+    images at 224 px, 256 at 32 px, at least 8). With freed memory kept for reuse (`allocator`), larger calls
+    are faster per image on CPU: EfficientNet-Lite0 forward+backward at 224 px, channels-last, one thread,
+    per image at 5 / 10 / 20 / 40 inputs per call: 33 / 33 / 25 / 24 ms (our MI: `python bench/speed.py
+    --parts d`); with glibc's defaults the page faults of calls above 32 MiB reverse that. CIFAR ResNet-20:
     1.3 ms at 256, 2.5 ms at 1024. A GPU wants more: set `max_forward`."""
-    return int(max(4, min(256, 2**19 // (resolution * resolution))))
+    return int(max(8, min(256, 2**20 // (resolution * resolution))))
 
 
 def first_auto_max_forward(resolution: int) -> int:
-    """The automatic `max_forward` of runs whose job records predate the `max_forward` field: about 1M
-    input pixels (20 images at 224 px, 256 at 32 px, at least 8). Such a job resumes with it, so its images
-    keep the bytes its finished ones were made with; clean predictions still batch by it."""
+    """The automatic `max_forward` of runs whose job records predate the `max_forward` field (the same
+    rule as `auto_max_forward` today, kept apart so that a change of that rule leaves those runs alone): a
+    job resumes with the size its finished images were made with."""
     return int(max(8, min(256, 2**20 // (resolution * resolution))))
 
 

@@ -34,6 +34,6 @@ def test_paired_ratio_is_median_and_range_of_per_repeat_ratios():
     assert speed.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 1.0]) == (3.0, 2.0, 3.0)
 
 
-def test_parts_are_validated():
+def test_parts_are_validated(tmp_path):
     with pytest.raises(SystemExit):
-        speed.main(["--parts", "af"])
+        speed.main(["--parts", "af", "--out", str(tmp_path)])

@@ -354,6 +354,8 @@ def test_only_runs_the_named_attacks(tmp_path, tiny_models, capsys):
     config = write_config(tmp_path)
     assert cli.main(["run", str(config), "--out", str(tmp_path / "r"), "--only", "pgd_l2", "--quiet"]) == 0
     assert set(pd.read_csv(tmp_path / "r" / "results.csv").attack) == {"pgd_l2"}
+    allocator = json.loads((tmp_path / "r" / "manifest.json").read_text())["threads"]["allocator"]
+    assert allocator.startswith(("glibc, freed memory kept", "system"))  # what the run did, recorded
     assert cli.main(["run", str(config), "--out", str(tmp_path / "r"), "--only", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
     attacks = list(load_config(config)["attacks"])

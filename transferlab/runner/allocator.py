@@ -3,11 +3,11 @@
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh `mmap` and returns
 it with `munmap` when torch frees it. An EfficientNet-Lite0 activation at 224 px is 4.6 MiB per image (92 MiB
 at 20 images per call), so every forward and backward writes into new pages, and the kernel zero-fills each
-one on first touch: 1.2-2 million page faults in a 4-step MI run on 20 images, about half its CPU time.
+one on first touch: 1.5 million page faults in a 10-step MI run on 20 images, a third of its CPU time.
 `keep_freed_memory` switches that off for this process (`mallopt`: no mmap for large blocks, no trimming of
-the heap), so freed buffers are reused: 2.2x faster there, the same floats (tests/test_allocator.py). The
-cost: the process keeps its peak memory until it exits. `TRANSFERLAB_MALLOC=system` leaves glibc as it is.
-On other C libraries (macOS, musl) nothing changes. `python bench/speed.py --parts e` measures it.
+the heap), so freed buffers are reused: that run 1.55x faster, the same floats (tests/test_allocator.py).
+The cost: the process keeps its peak memory until it exits. `TRANSFERLAB_MALLOC=system` leaves glibc as it
+is. On other C libraries (macOS, musl) nothing changes. `python bench/speed.py --parts e` measures it.
 """
 
 from __future__ import annotations

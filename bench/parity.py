@@ -34,7 +34,8 @@ Side by side: two benches with disjoint --attacks, each into its own --out (one 
 Resumable: finished (setting, attack, library) rows in OUT/parity.csv are kept and not recomputed (a
 setting whose parameters changed — --limit, --seed — is recomputed); every file is written atomically after
 each row. Writes OUT/parity.csv (tidy; default OUT results/parity), parity.md (a table per setting, the
-pairs) and parity.manifest.json (versions, threads, git commit, settings, timings, skipped rows).
+pairs) and parity.manifest.json (the last computing bench's args, versions, threads and git commit;
+settings, timings, skipped rows; each row's commit, CPU and time; the benches merged in).
 Needs torchattack and torchattacks (`pip install torchattack torchattacks`).
 """
 
@@ -617,6 +618,7 @@ class Results:
                                                                                       "manifest.json"))
         self.rows = pd.DataFrame(columns=COLUMNS + EXTRA_COLUMNS)
         self.manifest: dict[str, Any] = {"settings": {}, "rows": {}, "skipped": {}, "data": {}, "merged": []}
+        self.computed = 0  # rows this process computed: only then does a write replace the bench record
         if self.csv.exists():
             self.rows = pd.read_csv(self.csv, keep_default_na=False, na_values=[""])
             self.rows = self.rows[self.rows["verdict"].isin(VERDICTS)]
@@ -713,7 +715,8 @@ class Results:
             rows["_order"] = [order.get((a, lib), len(order)) for a, lib in zip(rows.attack, rows.library)]
             rows = rows.sort_values(["setting", "_order"], kind="stable").drop(columns="_order")
         atomic_write_csv(self.csv, rows[COLUMNS + EXTRA_COLUMNS])
-        self.manifest.update(extra or {})
+        if self.computed:  # the bench record (args, versions, provenance) names a bench that computed rows
+            self.manifest.update(extra or {})
         atomic_write_json(self.manifest_path, self.manifest)
         atomic_write_text(self.md, markdown(rows, self.manifest))
 
@@ -794,6 +797,7 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
     clean_ok = {t: (predict(m, prep.x, eval_batch) == prep.y).numpy() for t, m in prep.targets.items()}
     ours_cache: dict[str, tuple[torch.Tensor, float]] = {}
     theirs_cache: dict[str, tuple[torch.Tensor, float]] = {}
+    stamp = None
     for pair in pairs:
         if results.finished(s, pair):
             log(f"{s.name} {pair.attack} vs {pair.library}: finished earlier, kept")
@@ -851,7 +855,9 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
             "seconds_ours": t_ours, "seconds_theirs": t_theirs, "same_bytes": same,
             "same_pixels": same_pixels,
             "max_level_difference": int((mine.int() - other.int()).abs().max()),
+            "computed": stamp or (stamp := computed_stamp()),
         })
+        results.computed += 1
         results.write(extra)
         for r in rows:
             log(f"  {s.name} {pair.attack:>15} {pair.library:>12} {r['target']:>26}: ours {r['ours']:.3f}  "
@@ -860,6 +866,14 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
         log(f"  same bytes: {same:.3f} of the images, {same_pixels:.4f} of the pixel values; "
             f"{t_ours:.1f} s ours, {t_theirs:.1f} s theirs")
     return results
+
+
+def computed_stamp() -> dict:
+    """Who computed a row: kept with the row, whatever later benches or merges write beside it."""
+    prov = provenance()
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": prov.get("git"),
+            "cpu_id": (prov.get("machine") or {}).get("cpu_id"), "torch_threads": torch.get_num_threads(),
+            "torch": versions().get("torch")}
 
 
 def versions() -> dict[str, str | None]:
@@ -962,6 +976,7 @@ def compare(args: argparse.Namespace, pairs: Sequence[Pair]) -> int:
              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "allocator": malloc,
              "provenance": provenance(),
              "load_average_before": os.getloadavg()}
+    computed = 0
     for name in chosen:
         setting = settings[name]
         if args.limit is not None:
@@ -983,9 +998,10 @@ def compare(args: argparse.Namespace, pairs: Sequence[Pair]) -> int:
         print(f"{name}: {len(prep.ids)} images every model classifies correctly (of {prep.scanned} scanned; "
               f"{prep.seconds:.0f} s); {torch.get_num_threads()} threads")
         extra["total_s"] = time.perf_counter() - started
-        run_pairs(prep, pairs, args.out, seed=args.seed, resamples=args.resamples,
-                  progress=not args.no_progress, extra=extra)
+        computed += run_pairs(prep, pairs, args.out, seed=args.seed, resamples=args.resamples,
+                              progress=not args.no_progress, extra=extra).computed
     results = Results(args.out)
+    results.computed = computed
     extra.update(total_s=time.perf_counter() - started, load_average_after=os.getloadavg())
     results.write(extra)
     print(f"\nwrote {results.csv}, {results.md}, {results.manifest_path}")

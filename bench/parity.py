@@ -74,7 +74,6 @@ from transferlab.io import atomic_write_csv, atomic_write_json, atomic_write_tex
 from transferlab.provenance import provenance
 from transferlab.rng import stable_seed
 from transferlab.runner.allocator import keep_freed_memory
-from transferlab.runner.resolve import first_auto_max_forward
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["setting", "attack", "library", "target", "n", "ours", "theirs", "diff", "ci_low", "ci_high",
@@ -113,13 +112,13 @@ class Setting:
 
     def describe(self) -> dict:
         """What a finished row depends on (a changed description recomputes the setting's rows). The default
-        memory format, and a `max_forward` equal to the automatic value rows were made with before the field
-        existed (`first_auto_max_forward`), are left out, so those rows stay held."""
+        memory format, and a `max_forward` equal to the automatic one (what rows were made with before the
+        field existed), are left out, so those rows stay held."""
         out = dataclasses.asdict(self)
         out["targets"] = list(self.targets)
         if self.memory_format == "contiguous":
             del out["memory_format"]
-        if self.max_forward in (None, first_auto_max_forward(self.resolution)):
+        if self.max_forward in (None, auto_max_forward(self.resolution)):
             del out["max_forward"]
         return out
 
@@ -793,7 +792,7 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
         log(f"{s.name}: its parameters changed since the last run: {dropped} old rows are recomputed")
     results.manifest["data"][s.name] = {"images": len(prep.ids), "scanned": prep.scanned,
                                         "first_ids": prep.ids[:5], "prepare_s": prep.seconds}
-    eval_batch = max(1, min(256, first_auto_max_forward(s.resolution) * 2))  # as the held rows were evaluated
+    eval_batch = max(1, min(256, auto_max_forward(s.resolution) * 2))
     clean_ok = {t: (predict(m, prep.x, eval_batch) == prep.y).numpy() for t, m in prep.targets.items()}
     ours_cache: dict[str, tuple[torch.Tensor, float]] = {}
     theirs_cache: dict[str, tuple[torch.Tensor, float]] = {}

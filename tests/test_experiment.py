@@ -412,7 +412,7 @@ def test_extended_and_resumed_runs_end_with_a_fresh_runs_bytes_under_batch_shape
 def test_a_resumed_job_keeps_the_micro_batch_it_started_with(tmp_path, monkeypatch):
     """The automatic `max_forward` is recorded in job.json: a job extended after the rule changed (a newer
     version) keeps the model-call size its finished images were made with, so it ends with the bytes of a
-    fresh run of its time; a record without the field resumes with the first rule's value."""
+    fresh run of its time; a record without the field resumes with the rule's value."""
     cache = {}
     monkeypatch.setattr(Experiment, "load_single",
                         lambda self, name: cache.setdefault(name, ShapeSensitiveNet()))
@@ -449,7 +449,7 @@ def test_a_resumed_job_keeps_the_micro_batch_it_started_with(tmp_path, monkeypat
     record.write_text(json.dumps(meta))
     for name in sorted(then)[4:]:
         tmp_path.joinpath("extended", *folder, name).unlink()
-    monkeypatch.setattr("transferlab.runner.experiment.first_auto_max_forward", lambda resolution: 4)
+    rule(4)
     run(config, tmp_path / "extended", "data.limit=8")
     assert pngs(tmp_path / "extended") == then
     assert json.loads(record.read_text())["max_forward"] == 4

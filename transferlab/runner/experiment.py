@@ -48,7 +48,6 @@ from transferlab.runner.resolve import (
     RunError,
     attack_from_spec,
     auto_max_forward,
-    first_auto_max_forward,
     resolve_device,
 )
 from transferlab.runner.trajectories import attack_group, trajectory_groups
@@ -187,12 +186,11 @@ class Experiment:
 
     def job_max_forward(self, job: Job) -> int:
         """Model inputs per forward for `job` when its entry sets none: what its record holds (a resumed job
-        keeps the micro-batches its finished images were made with; other sizes change last bits), the
-        automatic value of its time for a record without the field, else `auto_max_forward`."""
-        meta = self.run_dir.read_job(job.attack, job.source)
-        if meta is None:
-            return auto_max_forward(self.resolution)
-        return int(meta.get("max_forward") or first_auto_max_forward(self.resolution))
+        keeps the micro-batches its finished images were made with; other sizes change last bits), else
+        `auto_max_forward`. Records without the field were made under today's rule; a change of the rule
+        must keep the old one for them."""
+        meta = self.run_dir.read_job(job.attack, job.source) or {}
+        return int(meta.get("max_forward") or auto_max_forward(self.resolution))
 
     def pool(self):
         """Where pool-drawing components (Admix) take other images from: the whole dataset."""

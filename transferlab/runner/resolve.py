@@ -44,16 +44,9 @@ def auto_max_forward(resolution: int) -> int:
     return int(max(8, min(256, 2**20 // (resolution * resolution))))
 
 
-def first_auto_max_forward(resolution: int) -> int:
-    """The automatic `max_forward` of runs whose job records predate the `max_forward` field (the same
-    rule as `auto_max_forward` today, kept apart so that a change of that rule leaves those runs alone): a
-    job resumes with the size its finished images were made with."""
-    return int(max(8, min(256, 2**20 // (resolution * resolution))))
-
-
 def prediction_batch(resolution: int) -> int:
     """Images per no-grad forward for clean predictions."""
-    return max(1, min(64, first_auto_max_forward(resolution)))
+    return max(1, min(64, auto_max_forward(resolution)))
 
 
 def attack_from_spec(name: str, spec: dict, resolution: int, seed: int, targeted: bool = False,

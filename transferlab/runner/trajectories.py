@@ -48,8 +48,8 @@ def trajectory_groups(exp: Experiment, jobs: list[Job]) -> list[list[Job]]:
 
 def share_key(cfg: dict, spec: dict, attack) -> str | None:
     """What entries sharing one trajectory have in common (their spec but `steps`, and their model inputs
-    per call), or None for an
-    entry that runs alone (not prefix-stable, no steps, or per-step predictions recorded)."""
+    per call), or None for an entry that runs alone (not prefix-stable, no steps, or per-step predictions
+    recorded)."""
     if cfg["eval"]["record_every"] or spec["steps"] < 1 or not attack.prefix_stable():
         return None
     shared = {k: v for k, v in spec.items() if k != "steps"}

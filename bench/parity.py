@@ -108,22 +108,15 @@ class Setting:
     their_inputs: int = 2500  # their model inputs per forward at most: their batch for copy-makers
     feature_layer: str = "layer2"  # FIA / NAA's layer inside the wrapper's `net` (our default for the source)
     memory_format: str = "contiguous"  # all models run in it (`Classifier.use_memory_format`), both sides
-    max_forward: int | None = None  # our model inputs per call; None: as `transferlab run` (auto_max_forward)
 
     def describe(self) -> dict:
         """What a finished row depends on (a changed description recomputes the setting's rows). The default
-        memory format, and a `max_forward` equal to the automatic one (what rows were made with before the
-        field existed), are left out, so those rows stay held."""
+        memory format is left out, so rows made before the field existed stay held."""
         out = dataclasses.asdict(self)
         out["targets"] = list(self.targets)
         if self.memory_format == "contiguous":
             del out["memory_format"]
-        if self.max_forward in (None, auto_max_forward(self.resolution)):
-            del out["max_forward"]
         return out
-
-    def our_max_forward(self) -> int:
-        return self.max_forward or auto_max_forward(self.resolution)
 
 
 def make_settings(shared: Path) -> dict[str, Setting]:
@@ -438,7 +431,7 @@ def readiness(pair: Pair, setting: Setting) -> str | None:
 
 def build_ours(pair: Pair, setting: Setting, seed: int = 0):
     return build_attack(pair.method, our_params(pair, setting), eps=setting.eps, alpha=setting.alpha,
-                        steps=setting.steps, seed=seed, max_forward=setting.our_max_forward())
+                        steps=setting.steps, seed=seed, max_forward=auto_max_forward(setting.resolution))
 
 
 def their_kwargs(pair: Pair, setting: Setting, attack) -> dict:
@@ -796,7 +789,7 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
     clean_ok = {t: (predict(m, prep.x, eval_batch) == prep.y).numpy() for t, m in prep.targets.items()}
     ours_cache: dict[str, tuple[torch.Tensor, float]] = {}
     theirs_cache: dict[str, tuple[torch.Tensor, float]] = {}
-    stamp = None
+    machine: dict | None = None  # who computes the rows (provenance, once)
     for pair in pairs:
         if results.finished(s, pair):
             log(f"{s.name} {pair.attack} vs {pair.library}: finished earlier, kept")
@@ -854,7 +847,8 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
             "seconds_ours": t_ours, "seconds_theirs": t_theirs, "same_bytes": same,
             "same_pixels": same_pixels,
             "max_level_difference": int((mine.int() - other.int()).abs().max()),
-            "computed": stamp or (stamp := computed_stamp()),
+            "computed": {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         **(machine or (machine := who_computes()))},
         })
         results.computed += 1
         results.write(extra)
@@ -867,12 +861,11 @@ def run_pairs(prep: Prepared, pairs: Sequence[Pair], out: str | Path, *, seed: i
     return results
 
 
-def computed_stamp() -> dict:
-    """Who computed a row: kept with the row, whatever later benches or merges write beside it."""
+def who_computes() -> dict:
+    """What a row records of the process that computed it (kept whatever later benches or merges write)."""
     prov = provenance()
-    return {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": prov.get("git"),
-            "cpu_id": (prov.get("machine") or {}).get("cpu_id"), "torch_threads": torch.get_num_threads(),
-            "torch": versions().get("torch")}
+    return {"git": prov.get("git"), "cpu_id": (prov.get("machine") or {}).get("cpu_id"),
+            "torch_threads": torch.get_num_threads(), "torch": versions().get("torch")}
 
 
 def versions() -> dict[str, str | None]:

@@ -18,7 +18,7 @@ Every part but (e) runs with freed memory kept.
 Run:  python bench/speed.py --repeats 3          (CIFAR ResNet-20, batch 128, 10 steps; ~18 min on one core)
       python bench/speed.py --quick              (fewer images and repeats; a smoke run)
       python bench/speed.py --parts c --out results/bench_ir   (part (c) alone; ~15 min on one core)
-      python bench/speed.py --parts de --out results/bench_inputs (parts (d), (e); ~8 min on one core)
+      python bench/speed.py --parts de --out results/bench_allocator  (parts (d), (e); ~8 min on one core)
 Every part times its contenders interleaved (each repeat runs each contender once, so all see the same
 machine state); a ratio is the median of the per-repeat ratios, with their range, on wall time and on the
 process's CPU time. The load average before and after is recorded: another job on the machine perturbs
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-forward", type=int, default=None,
                    help="model inputs per forward for our attacks (default: as transferlab run at 32 px)")
     p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'c' or 'de' (default: abc)")
-    p.add_argument("--imagenet-images", type=int, default=20, help="part (d): random 224 px images")
+    p.add_argument("--imagenet-images", type=int, default=20, help="parts (d), (e): random 224 px images")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if not args.parts or set(args.parts) - set("abcde"):

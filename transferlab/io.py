@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -50,15 +51,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def csv_text(frame) -> str:
+    """A pandas DataFrame as CSV text: no index, floats to 6 significant digits (byte-stable output)."""
+    return frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def as_written(frame):
+    """`frame` as `atomic_write_csv` stores it, read back: what a table rendered from the CSV file shows.
+    Rendering from this rather than the unrounded frame keeps a report re-rendered from the committed CSV
+    byte-identical (a 6-digit value rounded again to 4 digits can differ from the raw value rounded once)."""
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(csv_text(frame)))
+
+
 def atomic_write_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame as CSV atomically (no index, fixed float format for byte-stable output)."""
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    atomic_write_text(path, csv_text(frame))
 
 
 def atomic_write_png(path: str | os.PathLike, image_uint8: np.ndarray) -> None:
     """Write an HxWx3 uint8 array as PNG atomically."""
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image_uint8)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

@@ -91,3 +91,25 @@ def test_a_run_tabled_before_passes_were_kept_re_renders_with_passes_unknown(tmp
     table = (copy / "table.md").read_text()
     assert "| pgd | ? |" in table and "`?`: not recorded" in table
     assert "`?`" not in (out / "table.md").read_text()
+
+
+def test_a_cost_that_rounds_twice_re_renders_the_same_table(tmp_path, monkeypatch):
+    """costs.csv keeps 6 digits and table.md shows 4: the table is drawn from the kept digits, so a value such
+    as 3.7764951e-4 (6 digits: 3.77650e-4 -> 3.777e-4; 4 digits from the raw value: 3.776e-4) reads the same
+    in the run's table and in one re-rendered from the committed CSV."""
+    from transferlab.eval import report
+
+    made = report.cost_table
+
+    def rounding_twice(*args, **kwargs):
+        frame = made(*args, **kwargs)
+        frame["cpu_s_per_image_step"] = 2.0004951e-4
+        return frame
+
+    monkeypatch.setattr(report, "cost_table", rounding_twice)
+    out = tmp_path / "run"
+    run(write_config(tmp_path), out)
+    assert "| 0.0002001 |" in (out / "table.md").read_text()
+    copy = committed_copy(out, tmp_path / "clone")
+    assert cli.main(["report", str(copy), "--records-only"]) == 0
+    assert (copy / "table.md").read_bytes() == (out / "table.md").read_bytes()

@@ -28,7 +28,13 @@ from transferlab.eval.compare import (  # noqa: E402
 )
 from transferlab.eval.records import assemble_records, missing_work  # noqa: E402
 from transferlab.eval.transfer import BEST_STEP, summarise  # noqa: E402
-from transferlab.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
+from transferlab.io import (  # noqa: E402
+    as_written,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
 from transferlab.provenance import provenance  # noqa: E402
 from transferlab.rundir import RunDir, RunDirError, jobs_of  # noqa: E402
 from transferlab.rundir.layout import COST_FIELDS, ordered_config  # noqa: E402
@@ -485,7 +491,8 @@ def write_reports(run: RunDir, cfg: dict, records: pd.DataFrame, writers: list[d
     atomic_write_csv(run.matched_gains_csv, matched)
     primary = writers[0]
     overrides = primary.get("overrides") or []
-    atomic_write_text(run.table_md, table_markdown(results, cfg, costs, gains, overrides)
+    # the table shows costs as costs.csv keeps them, so a re-render from the CSV gives the same bytes
+    atomic_write_text(run.table_md, table_markdown(results, cfg, as_written(costs), gains, overrides)
                       + matched_section(matched, totals))
     if cfg.get("targeted"):
         transfer_plot(results, run.transfer_png, f"TARGETED: {cfg['name']}", "targeted_success")

@@ -7,10 +7,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TMP_SUFFIX = ".tmp"
 
@@ -51,12 +54,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def csv_text(frame) -> str:
+def csv_text(frame: pd.DataFrame) -> str:
     """A pandas DataFrame as CSV text: no index, floats to 6 significant digits (byte-stable output)."""
     return frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
-def as_written(frame):
+def as_written(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` as `atomic_write_csv` stores it, read back: what a table rendered from the CSV file shows.
     Rendering from this rather than the unrounded frame keeps a report re-rendered from the committed CSV
     byte-identical (a 6-digit value rounded again to 4 digits can differ from the raw value rounded once)."""
@@ -65,7 +68,7 @@ def as_written(frame):
     return pd.read_csv(io.StringIO(csv_text(frame)))
 
 
-def atomic_write_csv(path: str | os.PathLike, frame) -> None:
+def atomic_write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write a pandas DataFrame as CSV atomically (no index, fixed float format for byte-stable output)."""
     atomic_write_text(path, csv_text(frame))
 
